@@ -1,0 +1,441 @@
+"""Precomputed wire answers and the per-query hot path.
+
+A ``Table`` holds, for every name fedns is authoritative for, the response
+bodies (everything after the question) already in wire form. Per query the
+work is: parse header, question and OPT from the bytes, one dict lookup,
+splice ID/flags, the question exactly as asked, the body, and the OPT record.
+
+Bodies are built so that they do not depend on the letter case of the
+question: the question is echoed from the query (0x20 case preserved), and
+compression pointers into it stay valid because the name has the same length
+in any case. Answers that depend on the asked name itself (NXDOMAIN, NODATA
+below a wildcard, synthesized wildcard records, referrals from below a cut)
+are *templates*: byte runs with gaps for a 2-byte pointer to a suffix of the
+question, filled in per query. That keeps a random-subdomain flood as cheap
+as a positive answer, with no per-name cache to blow up.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnslib import DNSBuffer, DNSLabel, DNSQuestion
+
+from .wire import (
+    AA,
+    C_ANY,
+    C_CH,
+    C_IN,
+    CD,
+    DEFAULT_UDP_PAYLOAD,
+    FORMERR,
+    MIN_UDP_PAYLOAD,
+    NOERROR,
+    NOTIMP,
+    QR,
+    REFUSED,
+    T_AXFR,
+    T_IXFR,
+    T_OPT,
+    T_TXT,
+    TC,
+    BADVERS,
+    FormErr,
+    Query,
+    error_reply,
+    header_only,
+    opt_record,
+    parse_query,
+)
+from .zone import WILDCARD, Resolution, RRset, Zone, key_of, label_of, parent
+
+_COUNTS = struct.Struct(">HHHH")
+_PTR = struct.Struct(">H")
+_RRFIXED = struct.Struct(">HHIH")
+
+SECTION_ANSWER, SECTION_AUTHORITY, SECTION_ADDITIONAL = 0, 1, 2
+
+
+class _FlatBuffer(DNSBuffer):  # type: ignore[misc]
+    """A dnslib buffer that never compresses: for bytes that move between packets."""
+
+    def encode_name(self, name: Any) -> None:
+        self.encode_name_nocompress(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Where a body may be cut to drop whole RRsets: byte offset and counts so far."""
+
+    end: int
+    an: int
+    ns: int
+    ar: int
+    required: bool  # dropping this RRset means the reply is truncated (TC)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One precomputed response, less ID, question and OPT."""
+
+    flags1: int  # QR | AA (| TC for pre-truncated variants)
+    rcode: int
+    counts: bytes  # QD, AN, NS, AR without OPT
+    counts_opt: bytes  # same with AR + 1
+    parts: tuple[bytes | int, ...]  # int n = pointer to the question's last n name bytes
+    static: bytes | None  # the body when it has no pointer gaps
+    size: int
+    cuts: tuple[Cut, ...]
+    _truncated: dict[int, Entry] = field(default_factory=dict, compare=False, repr=False)
+
+    def body(self, qname_len: int) -> bytes:
+        if self.static is not None:
+            return self.static
+        return b"".join(
+            p if isinstance(p, bytes) else _PTR.pack(0xC000 | (12 + qname_len - p))
+            for p in self.parts
+        )
+
+    def fit(self, budget: int) -> Entry:
+        """The largest prefix of whole RRsets within ``budget`` bytes (RFC 2181 9)."""
+        hit = self._truncated.get(budget)
+        if hit is not None:
+            return hit
+        end = 0
+        for c in self.cuts:
+            if c.end > budget:
+                break
+            end = c.end
+        tc = any(c.required for c in self.cuts if c.end > end)
+        e = self.prefix(end, TC if tc else 0)
+        if len(self._truncated) < 64:
+            self._truncated[budget] = e
+        return e
+
+    def prefix(self, end: int, add_flags: int = 0, drop_flags: int = 0) -> Entry:
+        """This entry cut after the RRset that ends at byte ``end`` of the body."""
+        kept = tuple(c for c in self.cuts if c.end <= end)
+        an, ns, ar = (kept[-1].an, kept[-1].ns, kept[-1].ar) if kept else (0, 0, 0)
+        parts: list[bytes | int] = []
+        pos = 0
+        for p in self.parts:
+            n = len(p) if isinstance(p, bytes) else 2
+            if pos + n <= end:
+                parts.append(p)
+            elif pos < end and isinstance(p, bytes):
+                parts.append(p[: end - pos])
+            pos += n
+        flags = (self.flags1 | add_flags) & ~drop_flags
+        return _make_entry(flags, self.rcode, an, ns, ar, parts, kept)
+
+
+def _make_entry(
+    flags1: int,
+    rcode: int,
+    an: int,
+    ns: int,
+    ar: int,
+    parts: list[bytes | int],
+    cuts: tuple[Cut, ...],
+) -> Entry:
+    merged: list[bytes | int] = []
+    for p in parts:
+        if isinstance(p, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] = merged[-1] + p
+        elif not (isinstance(p, bytes) and not p):
+            merged.append(p)
+    static = None
+    if not merged:
+        static = b""
+    elif len(merged) == 1 and isinstance(merged[0], bytes):
+        static = merged[0]
+    size = sum(len(p) if isinstance(p, bytes) else 2 for p in merged)
+    return Entry(
+        flags1,
+        rcode,
+        _COUNTS.pack(1, an, ns, ar),
+        _COUNTS.pack(1, an, ns, ar + 1),
+        tuple(merged),
+        static,
+        size,
+        cuts,
+    )
+
+
+def _sections(res: Resolution) -> list[tuple[int, RRset]]:
+    return (
+        [(SECTION_ANSWER, r) for r in res.answer]
+        + [(SECTION_AUTHORITY, r) for r in res.authority]
+        + [(SECTION_ADDITIONAL, r) for r in res.additional]
+    )
+
+
+def compile_exact(res: Resolution, qname: DNSLabel, qtype: int) -> Entry:
+    """Bytes for a question whose name is exactly ``qname`` (any letter case)."""
+    buf = DNSBuffer()
+    buf.pack("!HHHHHH", 0, 0, 1, 0, 0, 0)
+    DNSQuestion(qname, qtype).pack(buf)
+    start = buf.offset
+    cuts = []
+    counts = [0, 0, 0]
+    referral = not res.aa and bool(res.authority)
+    for sec, rrset in _sections(res):
+        for rr in rrset.rrs():
+            rr.pack(buf)
+        counts[sec] += len(rrset.rdatas)
+        required = sec != SECTION_ADDITIONAL or referral
+        cuts.append(Cut(buf.offset - start, *counts, required))
+    body = bytes(buf.data[start:])
+    return _make_entry(_flags(res), res.rcode, *counts, [body], tuple(cuts))
+
+
+def compile_template(res: Resolution, anchor: bytes, exact_owner: bytes | None) -> Entry:
+    """Bytes for any question below ``anchor``.
+
+    An owner equal to ``exact_owner`` (a wildcard) becomes a pointer to the
+    whole question; an owner at or above ``anchor`` becomes a pointer to that
+    suffix of the question; other names are written out in full.
+    """
+    parts: list[bytes | int] = []
+    cuts = []
+    counts = [0, 0, 0]
+    pos = 0
+    referral = not res.aa and bool(res.authority)
+    for sec, rrset in _sections(res):
+        okey = key_of(rrset.name)
+        if exact_owner is not None and okey == exact_owner:
+            owner: bytes | int = b"\xc0\x0c"
+        elif anchor.endswith(okey) and _label_suffix(anchor, okey):
+            owner = len(okey)
+        else:
+            owner = okey
+        for rd in rrset.rdatas:
+            fb = _FlatBuffer()
+            rd.pack(fb)
+            rdata = bytes(fb.data)
+            parts.append(owner)
+            parts.append(_RRFIXED.pack(rrset.rtype, C_IN, rrset.ttl, len(rdata)) + rdata)
+            pos += (2 if isinstance(owner, int) else len(owner)) + 10 + len(rdata)
+        counts[sec] += len(rrset.rdatas)
+        cuts.append(Cut(pos, *counts, sec != SECTION_ADDITIONAL or referral))
+    return _make_entry(_flags(res), res.rcode, *counts, parts, tuple(cuts))
+
+
+def _label_suffix(key: bytes, suffix: bytes) -> bool:
+    k = key
+    while len(k) > len(suffix):
+        k = parent(k)
+    return k == suffix
+
+
+def _flags(res: Resolution) -> int:
+    return QR | (AA if res.aa else 0)
+
+
+@dataclass
+class Node:
+    """Everything the hot path needs for one existing name (owner or empty non-terminal)."""
+
+    zone: Zone
+    key: bytes
+    exact: dict[int, Entry]  # per qtype, filled eagerly for present types, lazily for CNAME chains
+    default: Entry | None  # answer for any other qtype; None when it depends on qtype (CNAME)
+    below: Entry | None  # answer for a nonexistent child: NXDOMAIN or referral template
+    wildcard: bytes | None  # key of "*.<this name>" when a wildcard covers nonexistent children
+    synth: dict[int, Entry] = field(default_factory=dict)  # wildcard answers per qtype
+
+    def answer(self, qtype: int) -> Entry:
+        e = self.exact.get(qtype)
+        if e is not None:
+            return e
+        if self.default is not None:
+            return self.default
+        e = compile_exact(self.zone.resolve(self.key, qtype), label_of(self.key), qtype)
+        if len(self.exact) < 1024:
+            self.exact[qtype] = e
+        return e
+
+    def answer_below(self, qtype: int) -> Entry:
+        if self.below is not None:
+            return self.below
+        e = self.synth.get(qtype)
+        if e is None:
+            assert self.wildcard is not None
+            wkey = self.wildcard
+            res = self.zone.resolve(wkey, qtype, label_of(wkey))
+            e = compile_template(res, self.key, wkey)
+            if len(self.synth) < 1024:
+                self.synth[qtype] = e
+        return e
+
+
+def build_nodes(zone: Zone) -> dict[bytes, Node]:
+    """Precompute the nodes of one zone."""
+    nodes: dict[bytes, Node] = {}
+    okey = zone.okey
+    for k in zone.names:
+        types = zone.data.get(k, {})
+        qname = label_of(k)
+        cut = zone.cut_above(k)
+        exact: dict[int, Entry] = {}
+        if cut is not None:
+            referral = compile_exact(zone.resolve(k, 1), qname, 1)
+            if cut == k:
+                exact[43] = compile_exact(zone.resolve(k, 43), qname, 43)  # DS lives above the cut
+            ref_below = compile_template(zone.resolve(cut, 1), k, None)
+            nodes[k] = Node(zone, k, exact, referral, ref_below, None)
+            continue
+        for t in types:
+            exact[t] = compile_exact(zone.resolve(k, t), qname, t)
+        exact[255] = compile_exact(zone.resolve(k, 255), qname, 255)
+        default = None if 5 in types else compile_exact(zone.resolve(k, 0), qname, 0)
+        wkey = WILDCARD + k
+        if wkey in zone.data:
+            nodes[k] = Node(zone, k, exact, default, None, wkey)
+        else:
+            nx = compile_template(Resolution(3, True, (), (zone.negative_soa(),)), k, None)
+            nodes[k] = Node(zone, k, exact, default, nx, None)
+    assert okey in nodes
+    return nodes
+
+
+def _chaos_entries(identity: str | None, version: str | None) -> dict[bytes, Entry]:
+    from dnslib import RR, TXT
+
+    out: dict[bytes, Entry] = {}
+    for names, text in (
+        (("version.bind.", "version.server."), version),
+        (("id.server.", "hostname.bind."), identity),
+    ):
+        if text is None:
+            continue
+        for n in names:
+            buf = DNSBuffer()
+            buf.pack("!HHHHHH", 0, 0, 1, 0, 0, 0)
+            DNSQuestion(n, T_TXT, C_CH).pack(buf)
+            start = buf.offset
+            RR(n, T_TXT, C_CH, 0, TXT(text)).pack(buf)
+            body = bytes(buf.data[start:])
+            out[key_of(n)] = _make_entry(
+                QR, NOERROR, 1, 0, 0, [body], (Cut(len(body), 1, 0, 0, True),)
+            )
+    return out
+
+
+class Table:
+    """All answers for all zones, and the function that serves a query from them."""
+
+    def __init__(
+        self,
+        zones: list[Zone],
+        max_udp: int = DEFAULT_UDP_PAYLOAD,
+        identity: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        self.max_udp = max(MIN_UDP_PAYLOAD, min(max_udp, 65535))
+        self.zones = {z.okey: z for z in zones}
+        self.nodes: dict[bytes, Node] = {}
+        for z in zones:
+            self.nodes.update(build_nodes(z))
+        self.chaos = _chaos_entries(identity, version)
+        self.opt = opt_record(self.max_udp, False)
+        self.opt_do = opt_record(self.max_udp, True)
+
+    def replace_zone(self, zone: Zone) -> None:
+        """Swap one zone's nodes in (names that left the zone disappear)."""
+        old = self.zones.get(zone.okey)
+        new_nodes = build_nodes(zone)
+        nodes = dict(self.nodes)
+        if old is not None:
+            for k in old.names:
+                if nodes.get(k) is not None and nodes[k].zone is old:
+                    del nodes[k]
+        nodes.update(new_nodes)
+        self.zones[zone.okey] = zone
+        self.nodes = nodes  # one reference swap: readers never see a half-built table
+
+    def find(self, lname: bytes, qtype: int) -> Entry | None:
+        """The entry for a (lowercased wire name, type); None when not our zone."""
+        node = self.nodes.get(lname)
+        if node is not None:
+            return node.answer(qtype)
+        k = lname
+        nodes = self.nodes
+        while k != b"\x00":
+            k = k[k[0] + 1 :]
+            node = nodes.get(k)
+            if node is not None:
+                return node.answer_below(qtype)
+        return None
+
+    def respond(self, data: bytes, tcp: bool) -> bytes | None:
+        """The reply to one query packet, or None to stay silent."""
+        if len(data) < 12 or data[2] & QR:
+            return None
+        try:
+            q = parse_query(data)
+        except FormErr:
+            return header_only(data, FORMERR)
+        except (IndexError, ValueError):
+            return header_only(data, FORMERR)
+        edns = q.edns
+        if edns is not None:
+            if edns.version != 0:
+                return error_reply(q, BADVERS, self.max_udp)  # RFC 6891 6.1.3
+            limit = 65535 if tcp else max(MIN_UDP_PAYLOAD, min(edns.payload, self.max_udp))
+            opt = self.opt_do if edns.do else self.opt
+        else:
+            limit = 65535 if tcp else MIN_UDP_PAYLOAD
+            opt = b""
+        if q.opcode != 0:
+            return error_reply(q, NOTIMP, self.max_udp)
+        qtype = q.qtype
+        if q.qclass == C_IN:
+            e = self.find(q.lname, qtype)
+            if e is None:
+                return error_reply(q, REFUSED, self.max_udp)
+        elif q.qclass == C_ANY:
+            e = self.find(q.lname, qtype)
+            if e is None:
+                return error_reply(q, REFUSED, self.max_udp)
+            e = _class_any(e)
+        elif q.qclass == C_CH and qtype == T_TXT and q.lname in self.chaos:
+            e = self.chaos[q.lname]
+        elif q.qclass == C_CH:
+            return error_reply(q, REFUSED, self.max_udp)
+        else:
+            return error_reply(q, REFUSED, self.max_udp, with_question=False)
+        if qtype in (T_AXFR, T_IXFR) or qtype == T_OPT:
+            # Zone transfers are not offered; OPT is not a question type (RFC 6891 6.1.1).
+            return error_reply(q, REFUSED if qtype != T_OPT else FORMERR, self.max_udp)
+        question = q.question
+        qname_len = len(question) - 4
+        fixed = 12 + len(question) + len(opt)
+        if fixed + e.size > limit:
+            e = e.fit(limit - fixed)
+        return b"".join(
+            (
+                data[0:2],
+                bytes((e.flags1 | (q.flags1 & 0x01), (q.flags2 & CD) | e.rcode)),
+                e.counts_opt if opt else e.counts,
+                question,
+                e.body(qname_len),
+                opt,
+            )
+        )
+
+
+def _class_any(e: Entry) -> Entry:
+    """QCLASS=ANY: NSD answers from the IN data without AA and with only the answer section."""
+    end = 0
+    for c in e.cuts:
+        if c.ns or c.ar:
+            break
+        end = c.end
+    return e.prefix(end, drop_flags=AA)
+
+
+def query_for(q: Query) -> str:  # pragma: no cover - debugging helper
+    return f"{q.lname!r}/{q.qtype}"

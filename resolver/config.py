@@ -1,0 +1,240 @@
+"""The server's settings: one YAML file, validated into frozen dataclasses.
+
+Every error names the file and the key path (``zones[1].origin``) and says
+what is expected, so an operator can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .wire import DEFAULT_UDP_PAYLOAD, MIN_UDP_PAYLOAD
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "zones" / "demo.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that must not be served. The message says where and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneConfig:
+    origin: str  # absolute, lowercase, with the trailing dot
+    file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConfig:
+    idle_timeout: float = 10.0  # RFC 7766 6.2.3: a few seconds; BIND uses 30, NSD 120
+    max_connections: int = 1024
+    max_inflight: int = 64  # per connection; reading pauses beyond it
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path | None
+    listen: tuple[str, int] = ("127.0.0.1", 5300)
+    max_udp_payload: int = DEFAULT_UDP_PAYLOAD
+    workers: int = 1
+    tcp: TcpConfig = TcpConfig()
+    zones: tuple[ZoneConfig, ...] = ()
+    admin: tuple[str, int] | None = None
+    identity: str | None = None
+    version: str | None = None
+    log_level: str = "info"
+    federation: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def parse_hostport(text: str, where: str, default_port: int | None = None) -> tuple[str, int]:
+    """``127.0.0.1:53``, ``[::1]:53`` or ``:53`` -> (host, port)."""
+    s = str(text).strip()
+    host, port_s = s, None
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0:
+            raise ConfigError(f"{where}: {text!r} has '[' without ']'; write [ADDR]:PORT")
+        host, rest = s[1:end], s[end + 1 :]
+        if rest.startswith(":"):
+            port_s = rest[1:]
+    elif s.count(":") == 1:
+        host, port_s = s.split(":")
+    if port_s is None:
+        if default_port is None:
+            raise ConfigError(f"{where}: {text!r} needs a port, as ADDR:PORT")
+        port = default_port
+    else:
+        try:
+            port = int(port_s)
+        except ValueError:
+            raise ConfigError(f"{where}: port {port_s!r} in {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} is out of range 0-65535")
+    host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{where}: {host!r} is not an IP address") from None
+    return host, port
+
+
+class _Reader:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def fail(self, key: str, msg: str) -> ConfigError:
+        where = f"{self.path}: " if self.path else ""
+        return ConfigError(f"{where}{key}: {msg}")
+
+    def mapping(self, v: Any, key: str) -> dict[str, Any]:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise self.fail(key, f"expected a mapping, got {type(v).__name__}")
+        return v
+
+    def known(self, d: dict[str, Any], key: str, allowed: set[str]) -> None:
+        extra = sorted(set(d) - allowed)
+        if extra:
+            raise self.fail(
+                f"{key}.{extra[0]}" if key else extra[0],
+                f"unknown key; expected one of: {', '.join(sorted(allowed))}",
+            )
+
+    def integer(self, v: Any, key: str, lo: int, hi: int) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.fail(key, f"expected a whole number, got {v!r}")
+        if not lo <= v <= hi:
+            raise self.fail(key, f"{v} is out of range {lo}-{hi}")
+        return v
+
+    def number(self, v: Any, key: str, lo: float, hi: float) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self.fail(key, f"expected a number, got {v!r}")
+        if not lo <= v <= hi:
+            raise self.fail(key, f"{v} is out of range {lo}-{hi}")
+        return float(v)
+
+    def string(self, v: Any, key: str) -> str:
+        if not isinstance(v, str) or not v:
+            raise self.fail(key, f"expected a non-empty string, got {v!r}")
+        return v
+
+
+def absolute_name(text: str) -> str:
+    t = text.strip().lower()
+    return t if t.endswith(".") else t + "."
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate a config file (the demo config when ``path`` is None)."""
+    path = Path(path) if path is not None else DEMO_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}{line}: not valid YAML: {problem}") from e
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: Any, path: Path | None = None) -> Config:
+    r = _Reader(path)
+    top = r.mapping(raw, "(top level)")
+    r.known(top, "", {"dns", "tcp", "zones", "admin", "server", "log", "federation"})
+    base = path.parent if path is not None else Path.cwd()
+
+    dns = r.mapping(top.get("dns"), "dns")
+    r.known(dns, "dns", {"listen", "max_udp_payload", "workers"})
+    listen = parse_hostport(dns.get("listen", "127.0.0.1:5300"), "dns.listen", 53)
+    max_udp = r.integer(
+        dns.get("max_udp_payload", DEFAULT_UDP_PAYLOAD),
+        "dns.max_udp_payload",
+        MIN_UDP_PAYLOAD,
+        65535,
+    )
+    workers = r.integer(dns.get("workers", 1), "dns.workers", 1, 64)
+
+    t = r.mapping(top.get("tcp"), "tcp")
+    r.known(t, "tcp", {"idle_timeout", "max_connections", "max_inflight"})
+    tcp = TcpConfig(
+        idle_timeout=r.number(t.get("idle_timeout", 10.0), "tcp.idle_timeout", 0.1, 3600),
+        max_connections=r.integer(
+            t.get("max_connections", 1024), "tcp.max_connections", 1, 1_000_000
+        ),
+        max_inflight=r.integer(t.get("max_inflight", 64), "tcp.max_inflight", 1, 65535),
+    )
+
+    zl = top.get("zones")
+    if zl is None:
+        zl = []
+    if not isinstance(zl, list):
+        raise r.fail("zones", "expected a list of {origin: NAME, file: PATH}")
+    zones: list[ZoneConfig] = []
+    seen: set[str] = set()
+    for i, z in enumerate(zl):
+        key = f"zones[{i}]"
+        z = r.mapping(z, key)
+        r.known(z, key, {"origin", "file"})
+        if "origin" not in z:
+            raise r.fail(
+                f"{key}.origin", "missing; give the zone's name, e.g. global.example.test."
+            )
+        if "file" not in z:
+            raise r.fail(f"{key}.file", "missing; give the path of the zone's master file")
+        origin = absolute_name(r.string(z["origin"], f"{key}.origin"))
+        if origin in seen:
+            raise r.fail(f"{key}.origin", f"zone {origin} is listed twice")
+        seen.add(origin)
+        f = Path(r.string(z["file"], f"{key}.file"))
+        zones.append(ZoneConfig(origin, f if f.is_absolute() else base / f))
+    fed = r.mapping(top.get("federation"), "federation")
+    if not zones and not fed:
+        raise r.fail("zones", "no zones configured; add at least one {origin, file}")
+
+    admin = None
+    if top.get("admin") is not None:
+        a = r.mapping(top.get("admin"), "admin")
+        r.known(a, "admin", {"listen"})
+        if "listen" in a:
+            admin = parse_hostport(a["listen"], "admin.listen")
+
+    s = r.mapping(top.get("server"), "server")
+    r.known(s, "server", {"identity", "version"})
+    identity = s.get("identity")
+    version = s.get("version")
+    for k, v in (("identity", identity), ("version", version)):
+        if v is not None and not isinstance(v, str):
+            raise r.fail(f"server.{k}", "expected a string, or omit it to stay silent")
+
+    lg = r.mapping(top.get("log"), "log")
+    r.known(lg, "log", {"level"})
+    level = str(lg.get("level", "info")).lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        raise r.fail("log.level", f"{level!r} is not one of debug, info, warning, error")
+
+    return Config(
+        path=path,
+        listen=listen,
+        max_udp_payload=max_udp,
+        workers=workers,
+        tcp=tcp,
+        zones=tuple(zones),
+        admin=admin,
+        identity=identity,
+        version=version,
+        log_level=level,
+        federation=fed,
+        raw=top,
+    )
