@@ -25,6 +25,7 @@ from dnslib import DNSBuffer, DNSLabel, DNSQuestion
 
 from .wire import (
     AA,
+    BADVERS,
     C_ANY,
     C_CH,
     C_IN,
@@ -41,7 +42,6 @@ from .wire import (
     T_OPT,
     T_TXT,
     TC,
-    BADVERS,
     FormErr,
     Query,
     error_reply,

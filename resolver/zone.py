@@ -222,9 +222,7 @@ class Zone:
 
     def _additional(self, rrset: RRset) -> tuple[RRset, ...]:
         """In-zone addresses of NS, MX and SRV targets (RFC 1035 3.3, RFC 2782)."""
-        if rrset.rtype == T_NS:
-            targets = [rd.label for rd in rrset.rdatas]
-        elif rrset.rtype == T_MX:
+        if rrset.rtype == T_NS or rrset.rtype == T_MX:
             targets = [rd.label for rd in rrset.rdatas]
         elif rrset.rtype == T_SRV:
             targets = [rd.target for rd in rrset.rdatas]
@@ -346,8 +344,8 @@ def merged(zone: Zone, extra: Mapping[bytes, dict[int, RRset]]) -> Zone:
 
 
 __all__ = [
-    "Resolution",
     "RRset",
+    "Resolution",
     "Zone",
     "ZoneError",
     "key_of",
