@@ -18,11 +18,15 @@ as a positive answer, with no per-name cache to blow up.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dnslib import DNSBuffer, DNSLabel, DNSQuestion
 
+from .ecs import ClientSubnet, ecs_option, parse_ecs
+from .federation import Router, ServicePlan, routers_for, static_records
+from .locator import Locator
 from .wire import (
     AA,
     BADVERS,
@@ -245,6 +249,7 @@ class Node:
     below: Entry | None  # answer for a nonexistent child: NXDOMAIN or referral template
     wildcard: bytes | None  # key of "*.<this name>" when a wildcard covers nonexistent children
     synth: dict[int, Entry] = field(default_factory=dict)  # wildcard answers per qtype
+    router: Router | None = None  # set for names whose A/AAAA/SRV depend on the client
 
     def answer(self, qtype: int) -> Entry:
         e = self.exact.get(qtype)
@@ -271,33 +276,33 @@ class Node:
         return e
 
 
+def build_node(zone: Zone, k: bytes) -> Node:
+    """Precompute one name's node (the name must be in ``zone.names``)."""
+    types = zone.data.get(k, {})
+    qname = label_of(k)
+    cut = zone.cut_above(k)
+    exact: dict[int, Entry] = {}
+    if cut is not None:
+        referral = compile_exact(zone.resolve(k, 1), qname, 1)
+        if cut == k:
+            exact[43] = compile_exact(zone.resolve(k, 43), qname, 43)  # DS lives above the cut
+        ref_below = compile_template(zone.resolve(cut, 1), k, None)
+        return Node(zone, k, exact, referral, ref_below, None)
+    for t in types:
+        exact[t] = compile_exact(zone.resolve(k, t), qname, t)
+    exact[255] = compile_exact(zone.resolve(k, 255), qname, 255)
+    default = None if 5 in types else compile_exact(zone.resolve(k, 0), qname, 0)
+    wkey = WILDCARD + k
+    if wkey in zone.data:
+        return Node(zone, k, exact, default, None, wkey)
+    nx = compile_template(Resolution(3, True, (), (zone.negative_soa(),)), k, None)
+    return Node(zone, k, exact, default, nx, None)
+
+
 def build_nodes(zone: Zone) -> dict[bytes, Node]:
     """Precompute the nodes of one zone."""
-    nodes: dict[bytes, Node] = {}
-    okey = zone.okey
-    for k in zone.names:
-        types = zone.data.get(k, {})
-        qname = label_of(k)
-        cut = zone.cut_above(k)
-        exact: dict[int, Entry] = {}
-        if cut is not None:
-            referral = compile_exact(zone.resolve(k, 1), qname, 1)
-            if cut == k:
-                exact[43] = compile_exact(zone.resolve(k, 43), qname, 43)  # DS lives above the cut
-            ref_below = compile_template(zone.resolve(cut, 1), k, None)
-            nodes[k] = Node(zone, k, exact, referral, ref_below, None)
-            continue
-        for t in types:
-            exact[t] = compile_exact(zone.resolve(k, t), qname, t)
-        exact[255] = compile_exact(zone.resolve(k, 255), qname, 255)
-        default = None if 5 in types else compile_exact(zone.resolve(k, 0), qname, 0)
-        wkey = WILDCARD + k
-        if wkey in zone.data:
-            nodes[k] = Node(zone, k, exact, default, None, wkey)
-        else:
-            nx = compile_template(Resolution(3, True, (), (zone.negative_soa(),)), k, None)
-            nodes[k] = Node(zone, k, exact, default, nx, None)
-    assert okey in nodes
+    nodes = {k: build_node(zone, k) for k in zone.names}
+    assert zone.okey in nodes
     return nodes
 
 
@@ -333,6 +338,7 @@ class Table:
         max_udp: int = DEFAULT_UDP_PAYLOAD,
         identity: str | None = None,
         version: str | None = None,
+        locality: Locator | None = None,
     ) -> None:
         self.max_udp = max(MIN_UDP_PAYLOAD, min(max_udp, 65535))
         self.zones = {z.okey: z for z in zones}
@@ -342,6 +348,9 @@ class Table:
         self.chaos = _chaos_entries(identity, version)
         self.opt = opt_record(self.max_udp, False)
         self.opt_do = opt_record(self.max_udp, True)
+        self.locator = locality if locality is not None else Locator()
+        self.plans: dict[tuple[str, str, str], ServicePlan] = {}
+        self.plan_names: dict[tuple[str, str, str], set[bytes]] = {}
 
     def replace_zone(self, zone: Zone) -> None:
         """Swap one zone's nodes in (names that left the zone disappear)."""
@@ -355,6 +364,67 @@ class Table:
         nodes.update(new_nodes)
         self.zones[zone.okey] = zone
         self.nodes = nodes  # one reference swap: readers never see a half-built table
+
+    # -- federation -----------------------------------------------------------
+
+    def apply_plans(
+        self, plans: Sequence[ServicePlan], removed: Sequence[tuple[str, str, str]] = ()
+    ) -> int:
+        """Publish changed services; rebuild only the names they touch. Returns names rebuilt."""
+        by_zone: dict[bytes, dict[bytes, dict[int, RRset] | None]] = {}
+        routers: dict[bytes, Router] = {}
+        for ident in removed:
+            self.plans.pop(ident, None)
+            okey = key_of(ident[0])
+            for k in self.plan_names.pop(ident, set()):
+                by_zone.setdefault(okey, {})[k] = None
+        for plan in plans:
+            okey = key_of(plan.zone)
+            if okey not in self.zones:
+                continue
+            changes = by_zone.setdefault(okey, {})
+            records = static_records(plan)
+            for k in self.plan_names.get(plan.ident, set()) - set(records):
+                changes[k] = None
+            changes.update(records)
+            self.plans[plan.ident] = plan
+            self.plan_names[plan.ident] = set(records)
+            routers.update(routers_for(plan, self.locator.region_order, self._builder))
+        rebuilt = 0
+        for okey, changes in by_zone.items():
+            zone = self.zones[okey]
+            affected = zone.update(changes)
+            # CNAME chains may lead into changed names: their cached answers go too.
+            affected.update(k for k, t in zone.data.items() if 5 in t)
+            nodes = self.nodes
+            for k in affected:
+                if k in zone.names:
+                    node = build_node(zone, k)
+                    if k in routers:
+                        node.router = routers[k]
+                    elif k not in changes and k in nodes:
+                        node.router = nodes[k].router  # rebuilt as an ancestor: same service
+                    nodes[k] = node
+                else:
+                    nodes.pop(k, None)
+                rebuilt += 1
+        return rebuilt
+
+    def _builder(self, owner: str) -> Callable[[RRset | None, int], Entry]:
+        qname = DNSLabel(owner)
+        okey = key_of(owner)
+
+        def build(rrset: RRset | None, qtype: int) -> Entry:
+            node = self.nodes.get(okey)
+            if rrset is None:
+                zone = node.zone if node is not None else None
+                soa = (zone.negative_soa(),) if zone is not None else ()
+                return compile_exact(Resolution(NOERROR, True, (), soa), qname, qtype)
+            return compile_exact(Resolution(NOERROR, True, (rrset,)), qname, qtype)
+
+        return build
+
+    # -- lookups --------------------------------------------------------------
 
     def find(self, lname: bytes, qtype: int) -> Entry | None:
         """The entry for a (lowercased wire name, type); None when not our zone."""
@@ -370,7 +440,7 @@ class Table:
                 return node.answer_below(qtype)
         return None
 
-    def respond(self, data: bytes, tcp: bool) -> bytes | None:
+    def respond(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
         """The reply to one query packet, or None to stay silent."""
         if len(data) < 12 or data[2] & QR:
             return None
@@ -381,26 +451,47 @@ class Table:
         except (IndexError, ValueError):
             return header_only(data, FORMERR)
         edns = q.edns
+        subnet: ClientSubnet | None = None
         if edns is not None:
             if edns.version != 0:
                 return error_reply(q, BADVERS, self.max_udp)  # RFC 6891 6.1.3
             limit = 65535 if tcp else max(MIN_UDP_PAYLOAD, min(edns.payload, self.max_udp))
             opt = self.opt_do if edns.do else self.opt
+            if edns.ecs is not None:
+                try:
+                    subnet = parse_ecs(edns.ecs)
+                except FormErr:
+                    return error_reply(q, FORMERR, self.max_udp)  # RFC 7871 7.1.2
         else:
             limit = 65535 if tcp else MIN_UDP_PAYLOAD
             opt = b""
         if q.opcode != 0:
             return error_reply(q, NOTIMP, self.max_udp)
         qtype = q.qtype
+        scope = 0
         if q.qclass == C_IN:
-            e = self.find(q.lname, qtype)
-            if e is None:
-                return error_reply(q, REFUSED, self.max_udp)
+            node = self.nodes.get(q.lname)
+            if node is not None:
+                router = node.router
+                if router is not None and router.handles(qtype):
+                    client, match_scope, subnet_bits = self.locator.client(subnet, addr)
+                    e, depends = router.answer(qtype, client)
+                    if depends == "locality":
+                        scope = match_scope
+                    elif depends == "subnet":
+                        scope = subnet_bits
+                else:
+                    e = node.answer(qtype)
+            else:
+                found = self.find(q.lname, qtype)
+                if found is None:
+                    return error_reply(q, REFUSED, self.max_udp)
+                e = found
         elif q.qclass == C_ANY:
-            e = self.find(q.lname, qtype)
-            if e is None:
+            found = self.find(q.lname, qtype)
+            if found is None:
                 return error_reply(q, REFUSED, self.max_udp)
-            e = _class_any(e)
+            e = _class_any(found)
         elif q.qclass == C_CH and qtype == T_TXT and q.lname in self.chaos:
             e = self.chaos[q.lname]
         elif q.qclass == C_CH:
@@ -410,6 +501,14 @@ class Table:
         if qtype in (T_AXFR, T_IXFR) or qtype == T_OPT:
             # Zone transfers are not offered; OPT is not a question type (RFC 6891 6.1.1).
             return error_reply(q, REFUSED if qtype != T_OPT else FORMERR, self.max_udp)
+        if subnet is not None:
+            assert edns is not None
+            opt = opt_record(
+                self.max_udp,
+                edns.do,
+                0,
+                ecs_option(subnet.family, subnet.source, scope, subnet.addr_bytes),
+            )
         question = q.question
         qname_len = len(question) - 4
         fixed = 12 + len(question) + len(opt)

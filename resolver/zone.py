@@ -116,6 +116,7 @@ class Zone:
     data: dict[bytes, dict[int, RRset]]
     names: set[bytes] = field(default_factory=set)  # owners plus empty non-terminals
     cuts: set[bytes] = field(default_factory=set)  # delegation points (NS below apex)
+    children: dict[bytes, int] = field(default_factory=dict)  # direct children in ``names``
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -123,6 +124,7 @@ class Zone:
     def reindex(self) -> None:
         self.names = set()
         self.cuts = set()
+        self.children = {}
         for k, types in self.data.items():
             if k != self.okey and T_NS in types:
                 self.cuts.add(k)
@@ -130,7 +132,50 @@ class Zone:
                 self.names.add(k)
                 if k == self.okey:
                     break
-                k = parent(k)
+                p = parent(k)
+                self.children[p] = self.children.get(p, 0) + 1
+                k = p
+
+    def update(self, changes: Mapping[bytes, dict[int, RRset] | None]) -> set[bytes]:
+        """Replace (or with None/{} remove) names in place; return every name whose
+        node may need rebuilding: the changed names and ancestors that became or
+        stopped being empty non-terminals. Cost is per changed name, not per zone."""
+        affected: set[bytes] = set()
+        for k, types in changes.items():
+            if not is_below_or_at(k, self.okey) or k == self.okey:
+                continue  # the apex (SOA/NS) only changes with the zone file
+            affected.add(k)
+            if types:
+                self.data[k] = types
+                if T_NS in types:
+                    self.cuts.add(k)
+                else:
+                    self.cuts.discard(k)
+                a = k
+                while a not in self.names:  # the apex is always there: this ends
+                    self.names.add(a)
+                    affected.add(a)
+                    p = parent(a)
+                    self.children[p] = self.children.get(p, 0) + 1
+                    a = p
+            else:
+                self.data.pop(k, None)
+                self.cuts.discard(k)
+                a = k
+                while (
+                    a != self.okey
+                    and a in self.names
+                    and a not in self.data
+                    and not self.children.get(a)
+                ):
+                    self.names.discard(a)
+                    self.children.pop(a, None)
+                    affected.add(a)
+                    p = parent(a)
+                    self.children[p] -= 1
+                    a = p
+                    affected.add(a)
+        return affected
 
     # -- record access ------------------------------------------------------
 

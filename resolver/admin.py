@@ -1,0 +1,160 @@
+"""Admin HTTP API (aiohttp): health, readiness, metrics, registry and explain.
+
+Loopback by default: it shows the service map and is not meant for the world.
+
+- ``GET /healthz``: the process is alive.
+- ``GET /readyz``: 200 once zones are loaded and every cluster has synced once.
+- ``GET /metrics``: Prometheus text format.
+- ``GET /v1/registry``: the federated services as the control side sees them.
+- ``GET /v1/clusters``: per-cluster watch state (synced, last contact, stale).
+- ``GET /v1/explain?name=&type=&subnet=``: the decision trail for one answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .answers import Table
+from .explain import ExplainError, explain
+
+RCODES = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
+
+
+class StatsCollector:
+    """Reads plain counters at scrape time, so the query path never takes a lock."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Any:
+        s = self.stats()
+        q = CounterMetricFamily("fedns_queries", "DNS queries received", labels=["transport"])
+        q.add_metric(["udp"], s.get("udp_queries", 0))
+        q.add_metric(["tcp"], s.get("tcp_queries", 0))
+        yield q
+        r = CounterMetricFamily("fedns_responses", "DNS responses sent by RCODE", labels=["rcode"])
+        for i, n in enumerate(s.get("rcodes", [])):
+            if n or i < len(RCODES):
+                r.add_metric([RCODES[i] if i < len(RCODES) else str(i)], n)
+        yield r
+        yield CounterMetricFamily(
+            "fedns_dropped_queries", "Packets not answered (not a query, or unreadable header)",
+            value=s.get("dropped", 0),
+        )
+        yield CounterMetricFamily(
+            "fedns_internal_errors", "Queries that raised inside fedns (answered SERVFAIL)",
+            value=s.get("errors", 0),
+        )
+        yield CounterMetricFamily(
+            "fedns_tcp_connections", "TCP connections accepted", value=s.get("tcp_connections", 0)
+        )
+        yield CounterMetricFamily(
+            "fedns_tcp_refused", "TCP connections closed at the connection cap",
+            value=s.get("tcp_refused", 0),
+        )
+        g = GaugeMetricFamily("fedns_federated_services", "Federated services published")
+        g.add_metric([], s.get("services", 0))
+        yield g
+        w = GaugeMetricFamily("fedns_workers", "Serving worker processes reporting")
+        w.add_metric([], s.get("workers", 1))
+        yield w
+        c = GaugeMetricFamily(
+            "fedns_cluster_synced", "1 when the cluster's watch cache has synced", labels=["cluster"]
+        )
+        st = GaugeMetricFamily(
+            "fedns_cluster_stale", "1 when the cluster has been out of contact past its grace",
+            labels=["cluster"],
+        )
+        lc = GaugeMetricFamily(
+            "fedns_cluster_last_contact_seconds", "Unix time of the last successful contact",
+            labels=["cluster"],
+        )
+        for name, info in s.get("clusters", {}).items():
+            c.add_metric([name], 1 if info.get("synced") else 0)
+            st.add_metric([name], 1 if info.get("stale") else 0)
+            lc.add_metric([name], info.get("last_contact") or 0)
+        yield c
+        yield st
+        yield lc
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, indent=2, default=str) + "\n",
+        status=status,
+        content_type="application/json",
+    )
+
+
+class Admin:
+    """The admin app. ``state`` callbacks keep it independent of process layout."""
+
+    def __init__(
+        self,
+        table: Callable[[], Table],
+        stats: Callable[[], dict[str, Any]],
+        registry: Callable[[], dict[str, Any]] = dict,
+        clusters: Callable[[], dict[str, Any]] = dict,
+        ready: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
+    ) -> None:
+        self.table = table
+        self.stats = stats
+        self.registry = registry
+        self.clusters = clusters
+        self.ready = ready
+        self.prom = CollectorRegistry()
+        self.prom.register(StatsCollector(self._all_stats))  # type: ignore[arg-type]
+
+    def _all_stats(self) -> dict[str, Any]:
+        s = dict(self.stats())
+        s["clusters"] = self.clusters()
+        return s
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/v1/registry", self.v1_registry)
+        app.router.add_get("/v1/clusters", self.v1_clusters)
+        app.router.add_get("/v1/explain", self.v1_explain)
+        return app
+
+    async def healthz(self, _req: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, _req: web.Request) -> web.Response:
+        ok, why = self.ready()
+        return web.Response(text=why + "\n", status=200 if ok else 503)
+
+    async def metrics(self, _req: web.Request) -> web.Response:
+        body = generate_latest(self.prom)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def v1_registry(self, _req: web.Request) -> web.Response:
+        return _json(self.registry())
+
+    async def v1_clusters(self, _req: web.Request) -> web.Response:
+        return _json(self.clusters())
+
+    async def v1_explain(self, req: web.Request) -> web.Response:
+        q = req.query
+        try:
+            data = explain(self.table(), q.get("name", ""), q.get("type"), q.get("subnet"), q.get("source"))
+        except ExplainError as e:
+            return _json({"error": str(e)}, status=400)
+        return _json(data)
+
+
+async def start_admin(admin: Admin, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(admin.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner

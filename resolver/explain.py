@@ -1,0 +1,130 @@
+"""Why an answer is what it is: the decision trail for one (name, type, client).
+
+Used by ``GET /v1/explain`` and ``fedns explain``. It replays the same code the
+hot path runs (locator, policy, table) and renders the reply with dnslib, so
+what it shows is what a client would get.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import time
+from typing import Any
+
+from dnslib import QTYPE, DNSRecord
+
+from .answers import Table
+from .ecs import ClientSubnet
+from .zone import key_of
+
+
+class ExplainError(ValueError):
+    """Bad explain input; the message says what to send instead."""
+
+
+def parse_subnet(text: str | None) -> ClientSubnet | None:
+    if not text:
+        return None
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ExplainError(f"subnet {text!r} is not a network like 10.1.2.0/24 or 2001:db8::/56") from None
+    family = 1 if net.version == 4 else 2
+    nbytes = (net.prefixlen + 7) // 8
+    addr = net.network_address.packed[:nbytes]
+    return ClientSubnet(family, net.prefixlen, addr, int(net.network_address))
+
+
+def qtype_of(text: str | None) -> int:
+    t = (text or "A").upper()
+    if t.isdigit():
+        return int(t)
+    if t.startswith("TYPE") and t[4:].isdigit():
+        return int(t[4:])
+    try:
+        return int(getattr(QTYPE, t))
+    except AttributeError:
+        raise ExplainError(f"unknown record type {text!r}; use A, AAAA, SRV, TXT, ... or TYPEnnn") from None
+
+
+def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | None,
+            source: str | None = None) -> dict[str, Any]:
+    if not name:
+        raise ExplainError("name is required, e.g. name=cart.shop.global.example.test")
+    qname = name if name.endswith(".") else name + "."
+    qtype = qtype_of(qtype_text)
+    subnet = parse_subnet(subnet_text)
+    out: dict[str, Any] = {"name": qname, "type": QTYPE.get(qtype), "time": time.time()}
+    try:
+        lname = key_of(qname)
+    except Exception:
+        raise ExplainError(f"{name!r} is not a valid domain name") from None
+    node = table.nodes.get(lname)
+    router = node.router if node is not None else None
+    client, loc_scope, subnet_bits = table.locator.client(subnet, source)
+    out["client"] = {
+        "from": "ecs" if subnet is not None and subnet.source > 0 else "source address",
+        "subnet": subnet_text,
+        "region": client.region,
+        "zone": client.zone,
+    }
+    if router is not None and router.handles(qtype):
+        plan = router.plan
+        d = router.decision(client)
+        scope = {"locality": loc_scope, "subnet": subnet_bits}.get(d.depends_on, 0)
+        out["source"] = "federation"
+        out["service"] = {"namespace": plan.namespace, "name": plan.name, "zone": plan.zone}
+        out["policy"] = {
+            "kind": plan.policy.kind,
+            "ttl": plan.policy.ttl,
+            "max_answers": plan.policy.max_answers,
+            "min_healthy_fraction": plan.policy.min_healthy_fraction,
+            "fail_open": plan.policy.fail_open,
+            "failover": list(plan.policy.failover),
+            "weights": dict(plan.policy.weights),
+        }
+        out["locality"] = table.locator.describe(subnet, source)
+        out["scope"] = scope
+        out["depends_on"] = d.depends_on
+        out["candidates"] = [
+            {
+                "cluster": c.cluster,
+                "region": c.region,
+                "zone": c.zone,
+                "endpoint": c.name,
+                "addresses": list(c.v4 + c.v6),
+                "healthy": c.healthy,
+                "health": c.health_reason,
+                "since": c.since,
+                "chosen": c in d.chosen,
+            }
+            for c in plan.candidates
+        ]
+        out["steps"] = list(d.steps)
+        entry, _ = router.answer(qtype, client)
+    else:
+        entry = table.find(lname, qtype)
+        if entry is None:
+            out["source"] = "none"
+            out["steps"] = ["the name is in none of our zones: REFUSED"]
+            out["answer"] = []
+            return out
+        out["source"] = "zone"
+        out["scope"] = 0
+        out["depends_on"] = "nothing"
+        out["steps"] = ["records from the zone data: the answer does not depend on the client"]
+    reply = DNSRecord.parse(_reply_bytes(entry, qname, qtype))
+    out["rcode"] = reply.header.rcode
+    out["aa"] = bool(reply.header.aa)
+    out["answer"] = [str(rr) for rr in reply.rr]
+    out["authority"] = [str(rr) for rr in reply.auth]
+    out["ttl"] = min((rr.ttl for rr in reply.rr), default=None)
+    return out
+
+
+def _reply_bytes(entry: Any, qname: str, qtype: int) -> bytes:
+    q = DNSRecord.question(qname, QTYPE.get(qtype)).pack()
+    question = q[12:]
+    head = struct.pack(">HBB", 0, entry.flags1, entry.rcode) + entry.counts
+    return head + question + entry.body(len(question) - 4)

@@ -1,0 +1,272 @@
+"""Federated names: from registry snapshots to DNS records and per-client answers.
+
+For a service ``<svc>`` in namespace ``<ns>`` under federation zone ``Z``:
+
+=====================================  ==========================================
+``<svc>.<ns>.Z``                       A/AAAA: the best healthy endpoints for the
+                                       asking client (policy, locality, health)
+``<cluster>.<svc>.<ns>.Z``             A/AAAA: that cluster's healthy endpoints
+``<host>.<cluster>.<svc>.<ns>.Z``      A/AAAA: one named endpoint (hostname, or
+                                       its address with dashes)
+``_<port>._<proto>.<svc>.<ns>.Z``      SRV: tiers as priority, weights as weight,
+                                       targets ``<host>.<cluster>.<svc>.<ns>.Z``
+=====================================  ==========================================
+
+The control side turns each registry snapshot into a ``ServicePlan`` (plain,
+picklable data: it is what goes to the serving workers). Each worker turns a
+plan into zone records (so NXDOMAIN/NODATA/ENT semantics stay the zone's) and
+``Router`` objects that pick the per-client answer and cache its wire bytes
+per (type, locality bucket).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dnslib import AAAA, SRV, A, DNSLabel
+
+from .policy import Candidate, Client, Decision, Policy, decide
+from .wire import T_A, T_AAAA, T_SRV
+from .zone import RRset, key_of
+
+_LABEL_OK = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPort:
+    name: str
+    port: int
+    protocol: str  # "tcp" / "udp" / "sctp", lowercase as in SRV labels
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    """All a worker needs to answer for one federated service."""
+
+    zone: str  # federation zone origin, absolute
+    namespace: str
+    name: str
+    policy: Policy
+    ports: tuple[PlanPort, ...]
+    candidates: tuple[Candidate, ...]
+    clusters: tuple[str, ...]
+
+    @property
+    def base(self) -> str:
+        return f"{self.name}.{self.namespace}.{self.zone}"
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return (self.zone, self.namespace, self.name)
+
+
+def endpoint_label(hostname: str | None, addresses: Sequence[str]) -> str:
+    """The DNS label of one endpoint: its hostname, else its first address with dashes."""
+    if hostname and _LABEL_OK.match(hostname.lower()):
+        return hostname.lower()
+    if not addresses:
+        return "endpoint"
+    return addresses[0].replace(".", "-").replace(":", "-").lower()
+
+
+def split_families(addresses: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    v4: list[str] = []
+    v6: list[str] = []
+    for a in addresses:
+        try:
+            ip = ipaddress.ip_address(a)
+        except ValueError:
+            continue
+        (v4 if ip.version == 4 else v6).append(str(ip))
+    return tuple(v4), tuple(v6)
+
+
+# -- records ------------------------------------------------------------------
+
+
+def _addr_rrsets(owner: str, cands: Sequence[Candidate], ttl: int) -> dict[int, RRset]:
+    label = DNSLabel(owner)
+    v4 = tuple(dict.fromkeys(a for c in cands for a in c.v4))
+    v6 = tuple(dict.fromkeys(a for c in cands for a in c.v6))
+    out: dict[int, RRset] = {}
+    if v4:
+        out[T_A] = RRset(label, T_A, ttl, tuple(A(a) for a in v4))
+    if v6:
+        out[T_AAAA] = RRset(label, T_AAAA, ttl, tuple(AAAA(a) for a in v6))
+    return out
+
+
+def _srv_rrset(owner: str, plan: ServicePlan, port: PlanPort, decision: Decision) -> RRset | None:
+    """SRV with the decision's tiers as priorities (chosen tier first) and weights."""
+    records = []
+    chosen = {(c.cluster, c.name) for c in decision.chosen}
+    tiers: list[Sequence[Candidate]] = [decision.chosen] + [
+        [c for c in t if (c.cluster, c.name) not in chosen and c.healthy] for t in decision.tiers
+    ]
+    seen: set[tuple[str, str]] = set()
+    for prio, tier in enumerate(tiers):
+        members = [c for c in tier if (c.cluster, c.name) not in seen]
+        if not members:
+            continue
+        for c in members:
+            seen.add((c.cluster, c.name))
+            share = max(1, round(c.weight * 100 / max(1, sum(m.weight for m in members))))
+            target = DNSLabel(f"{c.name}.{c.cluster}.{plan.base}")
+            records.append(SRV(priority=(prio + 1) * 10, weight=share, port=port.port, target=target))
+    if not records:
+        return None
+    return RRset(DNSLabel(owner), T_SRV, plan.policy.ttl, tuple(records))
+
+
+def srv_owner(plan: ServicePlan, port: PlanPort) -> str:
+    return f"_{port.name}._{port.protocol}.{plan.base}"
+
+
+def static_records(plan: ServicePlan) -> dict[bytes, dict[int, RRset]]:
+    """The plan's names with location-independent records.
+
+    Location-dependent names carry here the records of every healthy endpoint
+    (all of them when none is healthy): that is what ANY, CNAME chains into the
+    name and the zone's NODATA logic see; the Router replaces A/AAAA/SRV per client.
+    """
+    ttl = plan.policy.ttl
+    out: dict[bytes, dict[int, RRset]] = {}
+    healthy = [c for c in plan.candidates if c.healthy] or list(plan.candidates)
+    out[key_of(plan.base)] = _addr_rrsets(plan.base, healthy, ttl)
+    for cluster in plan.clusters:
+        members = [c for c in plan.candidates if c.cluster == cluster]
+        owner = f"{cluster}.{plan.base}"
+        ok = [c for c in members if c.healthy] or (members if plan.policy.fail_open else [])
+        out[key_of(owner)] = _addr_rrsets(owner, ok, ttl)
+        for c in members:
+            host_owner = f"{c.name}.{owner}"
+            out[key_of(host_owner)] = _addr_rrsets(host_owner, [c] if c.healthy else [], ttl)
+    everyone = Decision((tuple(plan.candidates),), tuple(healthy), (), "nothing")
+    for p in plan.ports:
+        rs = _srv_rrset(srv_owner(plan, p), plan, p, everyone)
+        out[key_of(srv_owner(plan, p))] = {T_SRV: rs} if rs is not None else {}
+    return out
+
+
+# -- per-client answers ---------------------------------------------------------
+
+
+RegionOrder = Callable[[str | None], Sequence[str]]
+
+
+class Router:
+    """Answers a location-dependent name for one client; caches by bucket.
+
+    ``build(resolution_records, qtype)`` is supplied by the answer table: it
+    turns the chosen RRset into an Entry (wire bytes), so this module stays free
+    of wire concerns.
+    """
+
+    __slots__ = ("_cache", "build", "kind", "plan", "port", "region_order")
+
+    def __init__(
+        self,
+        plan: ServicePlan,
+        kind: str,  # "service" or "srv"
+        region_order: RegionOrder,
+        build: Callable[[RRset | None, int], Any],
+        port: PlanPort | None = None,
+    ) -> None:
+        self.plan = plan
+        self.kind = kind
+        self.port = port
+        self.region_order = region_order
+        self.build = build
+        self._cache: dict[tuple[int, object], tuple[Any, str]] = {}
+
+    def handles(self, qtype: int) -> bool:
+        return qtype == T_SRV if self.kind == "srv" else qtype in (T_A, T_AAAA)
+
+    def bucket(self, client: Client) -> object:
+        pol = self.plan.policy
+        if pol.kind == "locality":
+            return (client.region, client.zone)
+        if pol.kind == "weighted":
+            return client.subnet
+        return None
+
+    def decision(self, client: Client) -> Decision:
+        return decide(self.plan.policy, self.plan.candidates, client, self.region_order)
+
+    def answer(self, qtype: int, client: Client) -> tuple[Any, str]:
+        """(Entry, what it depends on: "nothing" | "locality" | "subnet")."""
+        key = (qtype, self.bucket(client))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        d = self.decision(client)
+        owner = self.plan.base
+        if self.kind == "srv":
+            assert self.port is not None
+            owner = srv_owner(self.plan, self.port)
+            rrset = None if d.empty else _srv_rrset(owner, self.plan, self.port, d)
+        else:
+            rrset = None if d.empty else _addr_rrsets(owner, d.chosen, self.plan.policy.ttl).get(qtype)
+        result = (self.build(rrset, qtype), d.depends_on)
+        if len(self._cache) > 4096:  # subnet buckets are unbounded; keep memory flat
+            self._cache.clear()
+        self._cache[key] = result
+        return result
+
+
+def routers_for(
+    plan: ServicePlan, region_order: RegionOrder, build_for: Callable[[str], Callable[[RRset | None, int], Any]]
+) -> dict[bytes, Router]:
+    out = {key_of(plan.base): Router(plan, "service", region_order, build_for(plan.base))}
+    for p in plan.ports:
+        owner = srv_owner(plan, p)
+        out[key_of(owner)] = Router(plan, "srv", region_order, build_for(owner), p)
+    return out
+
+
+# -- from the registry's model ---------------------------------------------------
+
+
+def policy_from(
+    base: Policy, annotations: Mapping[str, str], override: Mapping[str, Any] | None = None
+) -> Policy:
+    """The effective policy: config defaults, then config per service, then annotations."""
+    fields: dict[str, Any] = {}
+    src: dict[str, Any] = dict(override or {})
+    for k, v in annotations.items():
+        if k.startswith("fedns.io/"):
+            src[k.removeprefix("fedns.io/").replace("-", "_")] = v
+    kind = str(src.get("policy", base.kind))
+    if kind in ("locality", "failover", "weighted", "all"):
+        fields["kind"] = kind
+    if "failover" in src:
+        v = src["failover"]
+        fields["failover"] = tuple(v.split(",") if isinstance(v, str) else v)
+    if "weights" in src:
+        v = src["weights"]
+        if isinstance(v, str):  # "east=3,west=1"
+            pairs = [p.split("=", 1) for p in v.split(",") if "=" in p]
+            v = {a.strip(): b.strip() for a, b in pairs}
+        with contextlib.suppress(TypeError, ValueError):
+            fields["weights"] = tuple((str(a), int(b)) for a, b in dict(v).items())
+    for name, conv in (
+        ("ttl", int),
+        ("max_answers", int),
+        ("min_healthy_fraction", float),
+    ):
+        if name in src:
+            with contextlib.suppress(TypeError, ValueError):
+                fields[name] = conv(src[name])
+    if "fail_open" in src:
+        v = src["fail_open"]
+        fields["fail_open"] = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
+    if not fields:
+        return base
+    from dataclasses import replace
+
+    return replace(base, **fields)

@@ -1,0 +1,220 @@
+"""Routing policies: which endpoints answer for a service, for one client place.
+
+Pure decisions (no I/O, no wire format): ``decide`` takes the candidates with
+their health, the policy and where the client is, and returns the tiers, the
+chosen endpoints and a human-readable trail of steps for the explain API.
+
+Policies (per service, from config or ``fedns.io/*`` Service annotations):
+- ``locality`` (default): tiers are same zone, same region, then other regions
+  nearest first. The first tier with a healthy endpoint answers; when its
+  healthy fraction is below ``min_healthy_fraction`` the next tier is added
+  (spill-over), so a half-dead zone does not take all of its clients' load.
+- ``failover``: an ordered list of clusters; the first with healthy endpoints.
+- ``weighted``: per-cluster weights; the cluster is picked by weighted
+  rendezvous hashing of the client subnet, so one client keeps its cluster
+  while weights hold, and a weight change moves only the clients it must.
+- ``all``: every healthy endpoint.
+When nothing is healthy anywhere, ``fail_open`` answers with every endpoint
+(a client that retries is better off than one told the service is gone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+PolicyKind = Literal["locality", "failover", "weighted", "all"]
+POLICIES: tuple[str, ...] = ("locality", "failover", "weighted", "all")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    kind: PolicyKind = "locality"
+    failover: tuple[str, ...] = ()  # cluster order for kind == "failover"
+    weights: tuple[tuple[str, int], ...] = ()  # per-cluster weights for kind == "weighted"
+    min_healthy_fraction: float = 0.0
+    max_answers: int = 8
+    fail_open: bool = True
+    ttl: int = 10
+
+    def weight_of(self, cluster: str, default: int) -> int:
+        for c, w in self.weights:
+            if c == cluster:
+                return w
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One endpoint as routing sees it."""
+
+    cluster: str
+    region: str
+    zone: str
+    name: str  # the endpoint's DNS label (hostname, or the address with dashes)
+    v4: tuple[str, ...]
+    v6: tuple[str, ...]
+    healthy: bool
+    health_reason: str  # e.g. "ready", "not ready", "cluster stale", "probe failed"
+    weight: int = 100  # the cluster's weight
+    since: float = 0.0  # when the health input last changed (unix time; 0 = unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Where the client is, as far as routing needs it."""
+
+    region: str | None
+    zone: str | None
+    subnet: bytes = b""  # the (privacy-clamped) subnet bytes, for weighted stickiness
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    tiers: tuple[tuple[Candidate, ...], ...]  # all candidates grouped, best tier first
+    chosen: tuple[Candidate, ...]
+    steps: tuple[str, ...]
+    depends_on: Literal["nothing", "locality", "subnet"]
+    empty: bool = field(default=False)  # nothing to answer (NODATA)
+
+
+def _healthy(cs: Sequence[Candidate]) -> list[Candidate]:
+    return [c for c in cs if c.healthy]
+
+
+def locality_tiers(
+    cands: Sequence[Candidate],
+    client: Client,
+    region_order: Callable[[str | None], Sequence[str]],
+) -> list[tuple[str, tuple[Candidate, ...]]]:
+    """Group candidates: same zone, same region, then regions nearest first."""
+    tiers: list[tuple[str, tuple[Candidate, ...]]] = []
+    used: set[int] = set()
+
+    def take(label: str, pred: Callable[[Candidate], bool]) -> None:
+        group = tuple(c for i, c in enumerate(cands) if i not in used and pred(c))
+        for i, c in enumerate(cands):
+            if i not in used and pred(c):
+                used.add(i)
+        if group:
+            tiers.append((label, group))
+
+    if client.zone:
+        take(f"same zone {client.zone}", lambda c: c.zone == client.zone)
+    if client.region:
+        take(f"same region {client.region}", lambda c: c.region == client.region)
+    for r in region_order(client.region):
+        if r != client.region:
+            take(f"region {r}", lambda c, r=r: c.region == r)
+    rest = tuple(c for i, c in enumerate(cands) if i not in used)
+    if rest:
+        tiers.append(("other regions", rest))
+    return tiers
+
+
+def _rendezvous(subnet: bytes, cluster: str, weight: int) -> float:
+    """Weighted rendezvous score: the lowest wins; P(win) is proportional to weight."""
+    h = hashlib.blake2b(subnet + b"|" + cluster.encode(), digest_size=8).digest()
+    u = (int.from_bytes(h, "big") + 1) / (2**64 + 1)
+    return -math.log(u) / weight
+
+
+def decide(
+    policy: Policy,
+    cands: Sequence[Candidate],
+    client: Client,
+    region_order: Callable[[str | None], Sequence[str]],
+) -> Decision:
+    steps: list[str] = []
+    healthy_all = _healthy(cands)
+    steps.append(f"{len(cands)} candidate endpoints, {len(healthy_all)} healthy")
+    cap = policy.max_answers
+
+    if not cands:
+        return Decision((), (), (*steps, "no endpoints: NODATA"), "nothing", True)
+
+    if not healthy_all:
+        if policy.fail_open:
+            steps.append("nothing healthy anywhere: fail-open, answering with every endpoint")
+            return Decision((tuple(cands),), tuple(cands[:cap]), tuple(steps), "nothing")
+        steps.append("nothing healthy anywhere: fail-closed, NODATA")
+        return Decision((tuple(cands),), (), tuple(steps), "nothing", True)
+
+    if policy.kind == "all":
+        steps.append("policy all: every healthy endpoint")
+        return Decision((tuple(cands),), tuple(healthy_all[:cap]), tuple(steps), "nothing")
+
+    if policy.kind == "failover":
+        order = list(policy.failover) + sorted({c.cluster for c in cands} - set(policy.failover))
+        tiers = [tuple(c for c in cands if c.cluster == name) for name in order]
+        tiers = [t for t in tiers if t]
+        chosen = _walk_tiers(
+            [(f"cluster {t[0].cluster}", t) for t in tiers], policy, steps
+        )
+        return Decision(tuple(tiers), tuple(chosen[:cap]), tuple(steps), "nothing")
+
+    if policy.kind == "weighted":
+        clusters = sorted({c.cluster for c in healthy_all})
+        scored = sorted(
+            clusters,
+            key=lambda name: _rendezvous(
+                client.subnet, name, max(1, policy.weight_of(name, _cluster_weight(cands, name)))
+            ),
+        )
+        weights = {n: policy.weight_of(n, _cluster_weight(cands, n)) for n in clusters}
+        if all(w <= 0 for w in weights.values()):
+            steps.append("all weights are 0: treating them as equal")
+        else:
+            scored = [n for n in scored if weights[n] > 0] or scored
+        pick = scored[0]
+        steps.append(
+            "policy weighted: weights "
+            + ", ".join(f"{n}={weights[n]}" for n in clusters)
+            + f"; client subnet hashes to cluster {pick}"
+        )
+        tiers = tuple(tuple(c for c in cands if c.cluster == n) for n in scored)
+        chosen = [c for c in healthy_all if c.cluster == pick]
+        return Decision(tiers, tuple(chosen[:cap]), tuple(steps), "subnet")
+
+    # locality
+    if client.region is None and client.zone is None:
+        steps.append("client locality unknown: every healthy endpoint, nearest-first order unknown")
+        return Decision((tuple(cands),), tuple(healthy_all[:cap]), tuple(steps), "locality")
+    labelled = locality_tiers(cands, client, region_order)
+    steps.append(
+        "tiers: " + "; ".join(f"{label} ({len(_healthy(t))}/{len(t)} healthy)" for label, t in labelled)
+    )
+    chosen = _walk_tiers(labelled, policy, steps)
+    return Decision(tuple(t for _, t in labelled), tuple(chosen[:cap]), tuple(steps), "locality")
+
+
+def _cluster_weight(cands: Sequence[Candidate], cluster: str) -> int:
+    for c in cands:
+        if c.cluster == cluster:
+            return c.weight
+    return 100
+
+
+def _walk_tiers(
+    tiers: Sequence[tuple[str, tuple[Candidate, ...]]], policy: Policy, steps: list[str]
+) -> list[Candidate]:
+    chosen: list[Candidate] = []
+    for label, tier in tiers:
+        healthy = _healthy(tier)
+        if not healthy:
+            steps.append(f"{label}: no healthy endpoint, next tier")
+            continue
+        chosen.extend(healthy)
+        frac = len(healthy) / len(tier)
+        if frac < policy.min_healthy_fraction:
+            steps.append(
+                f"{label}: {len(healthy)}/{len(tier)} healthy is below "
+                f"{policy.min_healthy_fraction:.0%}, adding the next tier too"
+            )
+            continue
+        steps.append(f"{label}: answering with its {len(healthy)} healthy endpoints")
+        return chosen
+    return chosen
