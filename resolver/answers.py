@@ -24,7 +24,7 @@ from typing import Any
 
 from dnslib import DNSBuffer, DNSLabel, DNSQuestion
 
-from .ecs import ClientSubnet, ecs_option, parse_ecs
+from .ecs import PRIVACY_PREFIX, ClientSubnet, ecs_option, parse_ecs
 from .federation import Router, ServicePlan, routers_for, static_records
 from .locator import Locator
 from .wire import (
@@ -44,6 +44,7 @@ from .wire import (
     T_AXFR,
     T_IXFR,
     T_OPT,
+    T_SOA,
     T_TXT,
     TC,
     FormErr,
@@ -466,7 +467,8 @@ class Table:
             limit = 65535 if tcp else MIN_UDP_PAYLOAD
             opt = b""
         if q.opcode != 0:
-            return error_reply(q, NOTIMP, self.max_udp)
+            # Sections of an unknown opcode need not be a question: echo none (as NSD).
+            return error_reply(q, NOTIMP, self.max_udp, with_question=False)
         qtype = q.qtype
         scope = 0
         if q.qclass == C_IN:
@@ -474,12 +476,12 @@ class Table:
             if node is not None:
                 router = node.router
                 if router is not None and router.handles(qtype):
-                    client, match_scope, subnet_bits = self.locator.client(subnet, addr)
+                    client, placement = self.locator.client(subnet, addr)
                     e, depends = router.answer(qtype, client)
-                    if depends == "locality":
-                        scope = match_scope
-                    elif depends == "subnet":
-                        scope = subnet_bits
+                    if subnet is not None and placement is not None and depends != "nothing":
+                        scope = router.scope(placement, depends, self.locator.localities)
+                    elif subnet is not None and depends == "subnet":
+                        scope = min(subnet.source, PRIVACY_PREFIX[subnet.family])
                 else:
                     e = node.answer(qtype)
             else:
@@ -491,7 +493,7 @@ class Table:
             found = self.find(q.lname, qtype)
             if found is None:
                 return error_reply(q, REFUSED, self.max_udp)
-            e = _class_any(found)
+            e = _class_any(found, len(q.question) - 4)
         elif q.qclass == C_CH and qtype == T_TXT and q.lname in self.chaos:
             e = self.chaos[q.lname]
         elif q.qclass == C_CH:
@@ -526,14 +528,23 @@ class Table:
         )
 
 
-def _class_any(e: Entry) -> Entry:
-    """QCLASS=ANY: NSD answers from the IN data without AA and with only the answer section."""
-    end = 0
-    for c in e.cuts:
-        if c.ns or c.ar:
-            break
-        end = c.end
-    return e.prefix(end, drop_flags=AA)
+def _class_any(e: Entry, qname_len: int) -> Entry:
+    """QCLASS=ANY as NSD does: the IN answer without AA and without the SOA of negative answers.
+
+    Referrals and additional records stay. A negative answer's SOA is its last
+    RRset and the only one in authority, with nothing in additional.
+    """
+    last = e.cuts[-1] if e.cuts else None
+    if last is not None and last.ns and not last.ar:
+        start = e.cuts[-2].end if len(e.cuts) > 1 else 0
+        body = e.body(qname_len)
+        pos = start
+        while body[pos] and body[pos] & 0xC0 != 0xC0:  # skip the owner name
+            pos += body[pos] + 1
+        pos += 2 if body[pos] else 1
+        if (body[pos] << 8) | body[pos + 1] == T_SOA:
+            return e.prefix(start, drop_flags=AA)
+    return e.prefix(e.size, drop_flags=AA)
 
 
 def query_for(q: Query) -> str:  # pragma: no cover - debugging helper

@@ -19,6 +19,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config", type=Path, help=f"YAML config (default: {DEMO_CONFIG.name})")
     s.add_argument("--dns", help="ADDR:PORT for UDP and TCP (overrides dns.listen)")
     s.add_argument("--workers", type=int, help="serving processes sharing the port (SO_REUSEPORT)")
+    s.add_argument(
+        "--admin",
+        help="admin HTTP API ADDR:PORT, or PORT for 127.0.0.1:PORT (overrides admin.listen)",
+    )
     s.add_argument("--log-format", choices=["json", "console"], default="json")
     c = sub.add_parser("check", help="validate a config and its zones, print a summary")
     c.add_argument("-c", "--config", type=Path, required=True)
@@ -62,8 +66,12 @@ def _serve(args: argparse.Namespace) -> int:
         workers = args.workers if args.workers is not None else cfg.workers
         if workers < 1:
             raise ConfigError("--workers: must be at least 1")
+        admin = cfg.admin
+        if args.admin:
+            text = args.admin if ":" in args.admin else f"127.0.0.1:{args.admin}"
+            admin = parse_hostport(text, "--admin")
         logs.setup(cfg.log_level, json=args.log_format == "json")
-        return serve(cfg, host, port, workers)
+        return serve(cfg, host, port, workers, admin)
     except (ConfigError, ZoneError) as e:
         print(f"fedns: {e}", file=sys.stderr)
         return 2

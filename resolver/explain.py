@@ -62,9 +62,9 @@ def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | 
         raise ExplainError(f"{name!r} is not a valid domain name") from None
     node = table.nodes.get(lname)
     router = node.router if node is not None else None
-    client, loc_scope, subnet_bits = table.locator.client(subnet, source)
+    client, placement = table.locator.client(subnet, source)
     out["client"] = {
-        "from": "ecs" if subnet is not None and subnet.source > 0 else "source address",
+        "from": placement.basis if placement is not None else ("ecs" if subnet else "source address"),
         "subnet": subnet_text,
         "region": client.region,
         "zone": client.zone,
@@ -72,7 +72,12 @@ def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | 
     if router is not None and router.handles(qtype):
         plan = router.plan
         d = router.decision(client)
-        scope = {"locality": loc_scope, "subnet": subnet_bits}.get(d.depends_on, 0)
+        scope = 0
+        if subnet is not None and d.depends_on != "nothing":
+            if placement is not None:
+                scope = router.scope(placement, d.depends_on, table.locator.localities)
+            elif d.depends_on == "subnet":
+                scope = min(subnet.source, 24 if subnet.family == 1 else 56)
         out["source"] = "federation"
         out["service"] = {"namespace": plan.namespace, "name": plan.name, "zone": plan.zone}
         out["policy"] = {

@@ -21,7 +21,6 @@ per (type, locality bucket).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,7 @@ from typing import Any
 
 from dnslib import AAAA, SRV, A, DNSLabel
 
-from .policy import Candidate, Client, Decision, Policy, decide
+from .policy import Candidate, Client, Decision, Policy, decide, policy_fields, with_fields
 from .wire import T_A, T_AAAA, T_SRV
 from .zone import RRset, key_of
 
@@ -55,6 +54,7 @@ class ServicePlan:
     ports: tuple[PlanPort, ...]
     candidates: tuple[Candidate, ...]
     clusters: tuple[str, ...]
+    problems: tuple[str, ...] = ()  # annotation values that were ignored, for explain/logs
 
     @property
     def base(self) -> str:
@@ -109,15 +109,17 @@ def _srv_rrset(owner: str, plan: ServicePlan, port: PlanPort, decision: Decision
         [c for c in t if (c.cluster, c.name) not in chosen and c.healthy] for t in decision.tiers
     ]
     seen: set[tuple[str, str]] = set()
-    for prio, tier in enumerate(tiers):
+    prio = 0
+    for tier in tiers:
         members = [c for c in tier if (c.cluster, c.name) not in seen]
         if not members:
             continue
+        prio += 1
         for c in members:
             seen.add((c.cluster, c.name))
             share = max(1, round(c.weight * 100 / max(1, sum(m.weight for m in members))))
             target = DNSLabel(f"{c.name}.{c.cluster}.{plan.base}")
-            records.append(SRV(priority=(prio + 1) * 10, weight=share, port=port.port, target=target))
+            records.append(SRV(priority=prio * 10, weight=share, port=port.port, target=target))
     if not records:
         return None
     return RRset(DNSLabel(owner), T_SRV, plan.policy.ttl, tuple(records))
@@ -167,7 +169,7 @@ class Router:
     of wire concerns.
     """
 
-    __slots__ = ("_cache", "build", "kind", "plan", "port", "region_order")
+    __slots__ = ("_cache", "_scopes", "build", "kind", "plan", "port", "region_order")
 
     def __init__(
         self,
@@ -183,6 +185,25 @@ class Router:
         self.region_order = region_order
         self.build = build
         self._cache: dict[tuple[int, object], tuple[Any, str]] = {}
+        self._scopes: Any = None
+
+    def scope(self, placement: Any, depends: str, localities: Any) -> int:
+        """The ECS SCOPE of this name's answer for ``placement``.
+
+        Per subnet (weighted): the bits the hash used. Per locality: the widest
+        block around the client over which *this service's answer* is the same
+        (``LocalityMap.scope_table``), so a service that answers every region
+        alike gets SCOPE 0 and resolvers cache it once.
+        """
+        if depends == "subnet":
+            return int(placement.subnet_scope)
+        if self._scopes is None:
+            self._scopes = localities.scope_table(self._answer_key)
+        return int(self._scopes.scope(placement))
+
+    def _answer_key(self, loc: Any) -> object:
+        d = self.decision(Client(loc.region, loc.zone, b""))
+        return tuple(sorted((c.cluster, c.name) for c in d.chosen))
 
     def handles(self, qtype: int) -> bool:
         return qtype == T_SRV if self.kind == "srv" else qtype in (T_A, T_AAAA)
@@ -234,39 +255,98 @@ def routers_for(
 
 def policy_from(
     base: Policy, annotations: Mapping[str, str], override: Mapping[str, Any] | None = None
-) -> Policy:
-    """The effective policy: config defaults, then config per service, then annotations."""
-    fields: dict[str, Any] = {}
-    src: dict[str, Any] = dict(override or {})
+) -> tuple[Policy, tuple[str, ...]]:
+    """The effective policy: config defaults, then config per service, then
+    ``fedns.io/<key>`` Service annotations. A bad annotation is skipped and
+    reported (it is the cluster owner's input, not ours to crash on)."""
+    policy = with_fields(base, dict(override or {}))
+    problems: list[str] = []
     for k, v in annotations.items():
-        if k.startswith("fedns.io/"):
-            src[k.removeprefix("fedns.io/").replace("-", "_")] = v
-    kind = str(src.get("policy", base.kind))
-    if kind in ("locality", "failover", "weighted", "all"):
-        fields["kind"] = kind
-    if "failover" in src:
-        v = src["failover"]
-        fields["failover"] = tuple(v.split(",") if isinstance(v, str) else v)
-    if "weights" in src:
-        v = src["weights"]
-        if isinstance(v, str):  # "east=3,west=1"
-            pairs = [p.split("=", 1) for p in v.split(",") if "=" in p]
-            v = {a.strip(): b.strip() for a, b in pairs}
-        with contextlib.suppress(TypeError, ValueError):
-            fields["weights"] = tuple((str(a), int(b)) for a, b in dict(v).items())
-    for name, conv in (
-        ("ttl", int),
-        ("max_answers", int),
-        ("min_healthy_fraction", float),
-    ):
-        if name in src:
-            with contextlib.suppress(TypeError, ValueError):
-                fields[name] = conv(src[name])
-    if "fail_open" in src:
-        v = src["fail_open"]
-        fields["fail_open"] = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
-    if not fields:
-        return base
+        if not k.startswith("fedns.io/"):
+            continue
+        field_name = k.removeprefix("fedns.io/").replace("-", "_")
+        try:
+            policy = with_fields(policy, policy_fields({field_name: v}, "annotation"))
+        except ValueError as e:
+            problems.append(f"{k}={v!r} ignored: {str(e).removeprefix('annotation.')}")
+    return policy, tuple(problems)
+
+
+def plan_from_snapshot(
+    zone: str,
+    fs: Any,
+    defaults: Policy,
+    override: Mapping[str, Any] | None = None,
+    health: Callable[[str, str], tuple[bool, str, float] | None] | None = None,
+) -> ServicePlan:
+    """A ``ServicePlan`` from a registry ``FederatedService`` snapshot.
+
+    ``health(cluster, address)`` may overrule readiness with an active probe
+    result: (healthy, reason, since), or None when the endpoint is not probed.
+    """
+    annotations: dict[str, str] = {}
+    ports: dict[tuple[str, str], PlanPort] = {}
+    cands: list[Candidate] = []
+    clusters: list[str] = []
+    for cs in fs.per_cluster:
+        cl = cs.cluster
+        clusters.append(cl.name)
+        annotations.update(cs.annotations)
+        for p in cs.ports:
+            if p.name and _LABEL_OK.match(p.name.lower()):
+                proto = p.protocol.lower()
+                ports.setdefault((p.name.lower(), proto), PlanPort(p.name.lower(), p.port, proto))
+        for ep in cs.endpoints:
+            v4, v6 = split_families(ep.addresses)
+            if not v4 and not v6:
+                continue
+            healthy = bool(ep.ready)
+            reason = "ready" if ep.ready else ("terminating" if ep.terminating else "not ready")
+            since = 0.0
+            if health is not None:
+                probe = health(cl.name, (v4 + v6)[0])
+                if probe is not None and healthy:
+                    healthy, reason, since = probe
+            if cs.stale:
+                reason += " (cluster stale: last-known data)"
+            cands.append(
+                Candidate(
+                    cluster=cl.name,
+                    region=cl.region,
+                    zone=ep.zone or cl.zone,
+                    name=endpoint_label(ep.hostname, v4 + v6),
+                    v4=v4,
+                    v6=v6,
+                    healthy=healthy,
+                    health_reason=reason,
+                    weight=cl.weight,
+                    since=since,
+                )
+            )
+    policy, problems = policy_from(defaults, annotations, override)
+    return ServicePlan(
+        zone=zone,
+        namespace=fs.key.namespace.lower(),
+        name=fs.key.name.lower(),
+        policy=policy,
+        ports=tuple(ports.values()),
+        candidates=tuple(_unique_names(cands)),
+        clusters=tuple(clusters),
+        problems=problems,
+    )
+
+
+def _unique_names(cands: list[Candidate]) -> list[Candidate]:
+    """Two endpoints of one cluster must not share a DNS label (e.g. equal hostnames)."""
     from dataclasses import replace
 
-    return replace(base, **fields)
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for c in cands:
+        if (c.cluster, c.name) in seen:
+            c = replace(c, name=endpoint_label(None, c.v4 + c.v6))
+        if (c.cluster, c.name) in seen:
+            continue
+        seen.add((c.cluster, c.name))
+        out.append(c)
+    return out

@@ -1,65 +1,70 @@
 """Where a client is: from its ECS option or source address to a routing Client.
 
-The glue between the wire (ECS, the packet's source) and routing (``policy.Client``):
-the locality map gives (region, zone) and the prefix the answer depends on,
-which becomes the ECS SCOPE of the reply.
+The glue between the wire (ECS, the packet's source) and routing
+(``policy.Client``). ``locality.LocalityMap.place`` does the placing (privacy
+clamp, RFC 7871 opt-out and private-address rules, memoized); this module adds
+what routing needs and works without any locality map at all.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
 from .ecs import PRIVACY_PREFIX, ClientSubnet
+from .locality import LocalityMap, Placement, RegionGraph, parse_host, subnet_key
 from .policy import Client
 
 _UNKNOWN = Client(None, None, b"")
 
 
 class Locator:
-    """Resolves clients against a locality map (``None``: every client is unplaced)."""
+    """Places clients against a locality map (``None``: every client is unplaced)."""
 
-    def __init__(self, localities: Any = None, regions: Any = None) -> None:
+    def __init__(self, localities: LocalityMap | None = None, regions: RegionGraph | None = None) -> None:
         self.localities = localities
         self.regions = regions
+        self._clients: dict[int, Client] = {}
 
     def region_order(self, region: str | None) -> Sequence[str]:
-        if self.regions is None:
-            return ()
-        return self.regions.order(region)  # type: ignore[no-any-return]
+        return self.regions.order(region) if self.regions is not None else ()
 
-    def client(self, subnet: ClientSubnet | None, addr: Any) -> tuple[Client, int, int]:
-        """(client, scope for locality answers, scope for per-subnet answers)."""
-        if subnet is not None and subnet.source > 0:
-            family, value = subnet.family, subnet.network_int
-            bits = min(subnet.source, PRIVACY_PREFIX[family])
-        else:
-            # SOURCE PREFIX 0 (RFC 7871 7.1.2): the client opted out; route on
-            # the packet's source, and the reply's scope is 0 for such queries.
-            if addr is None:
-                return _UNKNOWN, 0, 0
-            try:
-                ip = ipaddress.ip_address(addr[0] if isinstance(addr, tuple) else addr)
-            except ValueError:
-                return _UNKNOWN, 0, 0
-            family = 1 if ip.version == 4 else 2
-            value = int(ip)
-            bits = PRIVACY_PREFIX[family]
-        width = 32 if family == 1 else 128
-        value &= ~((1 << (width - bits)) - 1) & ((1 << width) - 1)
-        subnet_key = bytes((family, bits)) + value.to_bytes(width // 8, "big")
-        if self.localities is None:
-            return Client(None, None, subnet_key), 0, bits
-        m = self.localities.lookup(family, value, bits)
-        if subnet is not None and subnet.source == 0:
-            return Client(m.region, m.zone, subnet_key), 0, 0
-        return Client(m.region, m.zone, subnet_key), m.prefix_len, bits
+    def client(self, subnet: ClientSubnet | None, addr: Any) -> tuple[Client, Placement | None]:
+        """The routing view of the client, and its placement (None without a map)."""
+        lm = self.localities
+        if lm is None:
+            return _plain_client(subnet, addr), None
+        p = lm.place(subnet, addr)
+        c = self._clients.get(id(p))
+        if c is None or c.subnet != p.subnet_key:
+            c = Client(p.match.region, p.match.zone, p.subnet_key)
+            if len(self._clients) > 65536:
+                self._clients.clear()
+            self._clients[id(p)] = c
+        return c, p
 
     def describe(self, subnet: ClientSubnet | None, addr: Any) -> dict[str, Any]:
         """The locality rule a client matched, for the explain API."""
-        client, scope, _bits = self.client(subnet, addr)
-        out: dict[str, Any] = {"region": client.region, "zone": client.zone, "scope": scope}
-        if self.localities is not None and hasattr(self.localities, "describe"):
-            out["rule"] = self.localities.describe(client.subnet)
+        client, p = self.client(subnet, addr)
+        out: dict[str, Any] = {"region": client.region, "zone": client.zone}
+        if p is not None and self.localities is not None:
+            out.update(p.explain())
+            out["rule"] = self.localities.describe(p.subnet_key).get("rule")
         return out
+
+
+def _plain_client(subnet: ClientSubnet | None, addr: Any) -> Client:
+    """No locality map: only the subnet matters (for weighted stickiness)."""
+    if subnet is not None and subnet.source:
+        bits = min(subnet.source, PRIVACY_PREFIX[subnet.family])
+        width = 32 if subnet.family == 1 else 128
+        value = (subnet.network_int >> (width - bits)) << (width - bits)
+        return Client(None, None, subnet_key(subnet.family, bits, value))
+    host = addr[0] if isinstance(addr, tuple) else addr
+    parsed = parse_host(host) if isinstance(host, str) else None
+    if parsed is None:
+        return _UNKNOWN
+    fam, value = parsed
+    bits = PRIVACY_PREFIX[fam]
+    width = 32 if fam == 1 else 128
+    return Client(None, None, subnet_key(fam, bits, (value >> (width - bits)) << (width - bits)))

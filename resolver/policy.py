@@ -24,7 +24,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 PolicyKind = Literal["locality", "failover", "weighted", "all"]
 POLICIES: tuple[str, ...] = ("locality", "failover", "weighted", "all")
@@ -218,3 +218,71 @@ def _walk_tiers(
         steps.append(f"{label}: answering with its {len(healthy)} healthy endpoints")
         return chosen
     return chosen
+
+
+# -- configuration ---------------------------------------------------------------
+
+_POLICY_KEYS = {"policy", "failover", "weights", "min_healthy_fraction", "max_answers", "fail_open", "ttl"}
+
+
+def policy_fields(raw: Any, where: str) -> dict[str, Any]:
+    """Validate one policy mapping (config or annotations) into ``Policy`` fields.
+
+    Raises ValueError("key: problem") naming the offending key under ``where``.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping of policy settings")
+    extra = sorted(set(raw) - _POLICY_KEYS)
+    if extra:
+        raise ValueError(f"{where}.{extra[0]}: unknown key; expected one of: {', '.join(sorted(_POLICY_KEYS))}")
+    out: dict[str, Any] = {}
+    if "policy" in raw:
+        kind = str(raw["policy"])
+        if kind not in POLICIES:
+            raise ValueError(f"{where}.policy: {kind!r} is not one of {', '.join(POLICIES)}")
+        out["kind"] = kind
+    if "failover" in raw:
+        v = raw["failover"]
+        items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
+        if not isinstance(items, list | tuple) or not all(isinstance(x, str) and x for x in items):
+            raise ValueError(f"{where}.failover: expected a list of cluster names (or 'a,b')")
+        out["failover"] = tuple(items)
+    if "weights" in raw:
+        v = raw["weights"]
+        if isinstance(v, str):  # annotation form: "east=3,west=1"
+            try:
+                v = {a.strip(): int(b) for a, b in (p.split("=", 1) for p in v.split(",") if p.strip())}
+            except ValueError:
+                raise ValueError(f"{where}.weights: expected 'cluster=N,cluster=N'") from None
+        if not isinstance(v, dict) or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in v.values()
+        ):
+            raise ValueError(f"{where}.weights: expected {{cluster: whole number >= 0}}")
+        out["weights"] = tuple((str(k), int(w)) for k, w in v.items())
+    for name, conv, lo, hi in (
+        ("ttl", int, 0, 86400),
+        ("max_answers", int, 1, 64),
+        ("min_healthy_fraction", float, 0.0, 1.0),
+    ):
+        if name in raw:
+            try:
+                val = conv(raw[name])
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}.{name}: {raw[name]!r} is not a number") from None
+            if not lo <= val <= hi:
+                raise ValueError(f"{where}.{name}: {val} is out of range {lo}-{hi}")
+            out[name] = val
+    if "fail_open" in raw:
+        v = raw["fail_open"]
+        if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
+            v = v.lower() in ("true", "yes", "1")
+        if not isinstance(v, bool):
+            raise ValueError(f"{where}.fail_open: expected true or false")
+        out["fail_open"] = v
+    return out
+
+
+def with_fields(base: Policy, fields: dict[str, Any]) -> Policy:
+    from dataclasses import replace
+
+    return replace(base, **fields) if fields else base

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from .answers import Table
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
+from .control import Control
+from .fedconfig import FederationConfig, parse_federation
+from .routing import Routing, parse_routing
 from .wire import SERVFAIL, header_only
 from .zone import Zone, load_zone_file
 
@@ -30,10 +32,31 @@ log = structlog.get_logger("fedns.server")
 _LEN = struct.Struct(">H")
 
 
-def build_table(cfg: Config) -> Table:
-    """Load every zone of the config; any error raises before anything is served."""
+@dataclass
+class Instance:
+    """Everything loaded from one config: validated as a whole before it is used."""
+
+    table: Table
+    fed: FederationConfig | None
+    routing: Routing
+
+
+def load_instance(cfg: Config) -> Instance:
+    """Load zones, federation and routing; any error raises before anything is served."""
+    fed = parse_federation(cfg)
+    routing = parse_routing(fed.routing if fed else None, cfg.path)
     zones: list[Zone] = [load_zone_file(z.file, z.origin) for z in cfg.zones]
-    return Table(zones, cfg.max_udp_payload, cfg.identity, cfg.version)
+    if fed is not None and not any(z.origin == fed.zone for z in cfg.zones):
+        raise ConfigError(
+            f"{cfg.path}: federation.zone: {fed.zone} is not one of the configured zones; "
+            "add it under zones: with its SOA/NS zone file"
+        )
+    table = Table(zones, cfg.max_udp_payload, cfg.identity, cfg.version, routing.locator)
+    return Instance(table, fed, routing)
+
+
+def build_table(cfg: Config) -> Table:
+    return load_instance(cfg).table
 
 
 @dataclass
@@ -57,9 +80,9 @@ class Runtime:
         self.cfg = cfg
         self.stats = Stats()
 
-    def answer(self, data: bytes, tcp: bool) -> bytes | None:
+    def answer(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
         try:
-            resp = self.table.respond(data, tcp)
+            resp = self.table.respond(data, tcp, addr)
         except Exception:  # never let one packet take the loop down
             self.stats.errors += 1
             log.exception("query_failed", size=len(data))
@@ -82,7 +105,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         rt = self.rt
         rt.stats.udp_queries += 1
-        resp = rt.answer(data, False)
+        resp = rt.answer(data, False, addr)
         if resp is not None and self.transport is not None:
             self.transport.sendto(resp, addr)
 
@@ -99,11 +122,13 @@ class TcpProtocol(asyncio.Protocol):
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.idle: asyncio.TimerHandle | None = None
+        self.peer: Any = None
         self.last = 0.0
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
         tcp = self.rt.cfg.tcp
         if len(self.conns) >= tcp.max_connections:
             self.rt.stats.tcp_refused += 1
@@ -138,7 +163,7 @@ class TcpProtocol(asyncio.Protocol):
             msg = bytes(buf[2 : 2 + n])
             del buf[: 2 + n]
             rt.stats.tcp_queries += 1
-            resp = rt.answer(msg, True)
+            resp = rt.answer(msg, True, self.peer)
             if resp is not None:
                 out.append(_LEN.pack(len(resp)) + resp)
         if len(buf) > 2 + 65535:  # cannot happen with a valid peer; never grow without bound
@@ -229,91 +254,288 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve_worker(
-    cfg: Config,
-    table: Table,
-    udp_sock: socket.socket,
-    tcp_sock: socket.socket,
-    ready: Callable[[], None] | None = None,
+
+def _stats_dict(stats: Stats) -> dict[str, Any]:
+    return {
+        "udp_queries": stats.udp_queries,
+        "tcp_queries": stats.tcp_queries,
+        "dropped": stats.dropped,
+        "errors": stats.errors,
+        "tcp_connections": stats.tcp_connections,
+        "tcp_refused": stats.tcp_refused,
+        "rcodes": list(stats.rcodes),
+    }
+
+
+def _sum_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"rcodes": [0] * 16}
+    for p in parts:
+        for k, v in p.items():
+            if k == "rcodes":
+                out["rcodes"] = [a + b for a, b in zip(out["rcodes"], v, strict=False)]
+            elif isinstance(v, int):
+                out[k] = out.get(k, 0) + v
+    out["workers"] = len(parts)
+    return out
+
+
+class Supervisor:
+    """Owns the control side of an instance: config reloads, the federation
+    control loop and the admin API. ``publish`` fans plans out to whoever serves."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        inst: Instance,
+        publish: Callable[[Table, Sequence[Any], Sequence[Any]], None],
+        on_reload: Callable[[Config, Instance], None],
+        stats: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.cfg = cfg
+        self.inst = inst
+        self._publish = publish
+        self._on_reload = on_reload
+        self._stats = stats
+        self.control: Control | None = None
+        self.admin_runner: Any = None
+
+    def publish(self, plans: Sequence[Any], removed: Sequence[Any]) -> None:
+        self._publish(self.inst.table, plans, removed)
+
+    async def start(self, admin: tuple[str, int] | None) -> None:
+        await self._start_control()
+        if admin is not None:
+            from .admin import Admin, start_admin
+
+            app = Admin(
+                table=lambda: self.inst.table,
+                stats=self.stats,
+                registry=lambda: self.control.registry_view() if self.control else {"services": []},
+                clusters=lambda: self.control.clusters_view() if self.control else {},
+                ready=lambda: self.control.ready() if self.control else (True, "ok"),
+            )
+            self.admin_runner = await start_admin(app, *admin)
+            log.info("admin_listening", admin=f"{admin[0]}:{admin[1]}")
+
+    def stats(self) -> dict[str, Any]:
+        s = self._stats()
+        s["services"] = len(self.control.plans) if self.control else 0
+        return s
+
+    async def _start_control(self) -> None:
+        fed = self.inst.fed
+        if fed is None:
+            return
+        r = self.inst.routing
+        self.control = Control(fed, r.defaults, r.overrides, self.publish)
+        await self.control.start()
+
+    async def reload(self) -> None:
+        """Safe reload: the new config, zones and federation are loaded whole
+        off to the side; on any error the running state stays and is logged."""
+        try:
+            new_cfg = load_config(self.cfg.path) if self.cfg.path else self.cfg
+            new_inst = load_instance(new_cfg)
+        except Exception as e:
+            log.error("reload_failed", error=str(e), hint="fix the file and send SIGHUP again")
+            return
+        old_fed = self.inst.fed
+        self.cfg, self.inst = new_cfg, new_inst
+        self._on_reload(new_cfg, new_inst)
+        if self.control is not None and old_fed == new_inst.fed:
+            # Same clusters: keep the watches, republish what they know into the new table.
+            r = new_inst.routing
+            self.control.defaults, self.control.overrides = r.defaults, r.overrides
+            self.control.plans.clear()
+            self.control.on_change(self.control.registry.keys())
+        else:
+            if self.control is not None:
+                await self.control.stop()
+                self.control = None
+            await self._start_control()
+        log.info("reloaded", zones=[z.origin for z in new_cfg.zones])
+
+    async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+
+
+async def _serve_single(
+    cfg: Config, inst: Instance, udp_sock: socket.socket, tcp_sock: socket.socket,
+    admin: tuple[str, int] | None,
 ) -> None:
-    """One serving process: transports, SIGHUP reload, SIGTERM/SIGINT stop."""
+    rt = Runtime(inst.table, cfg)
+    close = await run_transports(rt, udp_sock, tcp_sock)
+
+    def publish(table: Table, plans: Sequence[Any], removed: Sequence[Any]) -> None:
+        table.apply_plans(plans, removed)
+
+    def on_reload(new_cfg: Config, new_inst: Instance) -> None:
+        rt.table, rt.cfg = new_inst.table, new_cfg
+
+    sup = Supervisor(cfg, inst, publish, on_reload, lambda: _stats_dict(rt.stats) | {"workers": 1})
+    await sup.start(admin)
+    await _wait_signals(sup)
+    close()
+    await sup.stop()
+
+
+async def _wait_signals(sup: Supervisor) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloading: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        t = loop.create_task(sup.reload())
+        reloading.add(t)
+        t.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+
+
+# -- several serving workers ------------------------------------------------------
+
+
+def _worker_main(cfg: Config, table: Table, host: str, port: int, conn: Any) -> None:
+    """A serving process: transports plus the pipe from the control process."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent coordinates reloads
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    install_uvloop()
+    udp_sock, tcp_sock = bind_sockets(host, port, True)
+    asyncio.run(_worker(cfg, table, udp_sock, tcp_sock, conn))
+
+
+async def _worker(
+    cfg: Config, table: Table, udp_sock: socket.socket, tcp_sock: socket.socket, conn: Any
+) -> None:
     rt = Runtime(table, cfg)
     close = await run_transports(rt, udp_sock, tcp_sock)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
-    def reload() -> None:
-        # Safe reload: the new config and zones are loaded fully off to the
-        # side; on any error the running table stays and the error is logged.
+    def on_message() -> None:
         try:
-            new_cfg = load_config(cfg.path) if cfg.path else cfg
-            new_table = build_table(new_cfg)
-        except Exception as e:
-            log.error("reload_failed", error=str(e), hint="fix the file and send SIGHUP again")
+            msg = conn.recv()
+        except (EOFError, OSError):
+            stop.set()  # the control process is gone: so are we
             return
-        rt.table = new_table
-        rt.cfg = new_cfg
-        log.info("reloaded", zones=[z.origin for z in new_cfg.zones])
+        kind = msg[0]
+        if kind == "plans":
+            rt.table.apply_plans(msg[1], msg[2])
+        elif kind == "reload":
+            try:
+                new_cfg = load_config(cfg.path) if cfg.path else cfg
+                rt.table, rt.cfg = load_instance(new_cfg).table, new_cfg
+            except Exception as e:  # the parent validated it; keep serving what we have
+                log.error("worker_reload_failed", error=str(e))
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                conn.send(("stats", _stats_dict(rt.stats)))
+            except OSError:
+                stop.set()
+                return
+
+    loop.add_reader(conn.fileno(), on_message)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if ready is not None:
-        ready()
+    reporter = loop.create_task(report())
     await stop.wait()
+    reporter.cancel()
     close()
 
 
-def _worker_main(cfg: Config, table: Table, host: str, port: int) -> None:
-    install_uvloop()
-    udp_sock, tcp_sock = bind_sockets(host, port, True)
-    asyncio.run(serve_worker(cfg, table, udp_sock, tcp_sock))
+async def _serve_parent(
+    cfg: Config, inst: Instance, procs: list[Any], conns: list[Any], admin: tuple[str, int] | None
+) -> int:
+    loop = asyncio.get_running_loop()
+    worker_stats: dict[int, dict[str, Any]] = {}
+
+    def send(msg: Any) -> None:
+        for c in conns:
+            # A dead worker's pipe fails here; the watchdog below notices the death.
+            with contextlib.suppress(OSError):
+                c.send(msg)
+
+    def publish(table: Table, plans: Sequence[Any], removed: Sequence[Any]) -> None:
+        table.apply_plans(plans, removed)  # the parent's copy answers explain queries
+        send(("plans", list(plans), list(removed)))
+
+    def on_reload(_cfg: Config, _inst: Instance) -> None:
+        send(("reload",))
+
+    def reader(i: int, c: Any) -> Callable[[], None]:
+        def read() -> None:
+            try:
+                msg = c.recv()
+            except (EOFError, OSError):
+                loop.remove_reader(c.fileno())
+                return
+            if msg[0] == "stats":
+                worker_stats[i] = msg[1]
+
+        return read
+
+    for i, c in enumerate(conns):
+        loop.add_reader(c.fileno(), reader(i, c))
+    sup = Supervisor(cfg, inst, publish, on_reload, lambda: _sum_stats(list(worker_stats.values())))
+    await sup.start(admin)
+    waiter = loop.create_task(_wait_signals(sup))
+    code = 0
+    while not waiter.done():
+        await asyncio.wait([waiter], timeout=0.5)
+        dead = [p for p in procs if not p.is_alive()]
+        if dead and not waiter.done():
+            log.error("worker_died", pids=[p.pid for p in dead], exitcodes=[p.exitcode for p in dead])
+            code = 1
+            break
+    await sup.stop()
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(5)
+    return code
 
 
-def serve(cfg: Config, host: str, port: int, workers: int) -> int:
+def serve(
+    cfg: Config, host: str, port: int, workers: int, admin: tuple[str, int] | None = None
+) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
-    table = build_table(cfg)
+    inst = load_instance(cfg)
     install_uvloop()
+    zones = [z.origin for z in cfg.zones]
     if workers <= 1:
         udp_sock, tcp_sock = bind_sockets(host, port, False)
         bound = udp_sock.getsockname()[1]
-        log.info("serving", dns=f"{host}:{bound}", zones=[z.origin for z in cfg.zones], workers=1)
-        asyncio.run(serve_worker(cfg, table, udp_sock, tcp_sock))
+        log.info("serving", dns=f"{host}:{bound}", zones=zones, workers=1)
+        asyncio.run(_serve_single(cfg, inst, udp_sock, tcp_sock, admin))
         return 0
     # SO_REUSEPORT: every worker binds the same address and the kernel spreads
-    # queries over them. A probe bind first resolves port 0 and catches errors
-    # in the parent, before any worker starts.
+    # queries over them. A probe bind resolves port 0 and reports errors here,
+    # before any worker starts. Workers fork before the parent's event loop exists.
     probe_u, probe_t = bind_sockets(host, port, True)
     port = probe_u.getsockname()[1]
+    # Closed before forking: a child would inherit the probe, which stays in the
+    # SO_REUSEPORT group unread and swallows its share of the queries.
+    probe_u.close()
+    probe_t.close()
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
-    procs = [
-        ctx.Process(target=_worker_main, args=(cfg, table, host, port), daemon=True)
-        for _ in range(workers)
-    ]
-    for p in procs:
+    procs, conns = [], []
+    for _ in range(workers):
+        parent_end, child_end = ctx.Pipe()
+        p = ctx.Process(target=_worker_main, args=(cfg, inst.table, host, port, child_end), daemon=True)
         p.start()
-    probe_u.close()
-    probe_t.close()
-    log.info("serving", dns=f"{host}:{port}", zones=[z.origin for z in cfg.zones], workers=workers)
-
-    stopping = False
-
-    def forward(sig: int, _frame: Any) -> None:
-        nonlocal stopping
-        if sig != signal.SIGHUP:
-            stopping = True
-        for p in procs:
-            if p.pid is not None and p.is_alive():
-                os.kill(p.pid, sig)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    code = 0
-    for p in procs:
-        while p.is_alive():
-            p.join(0.5)
-        if p.exitcode and not stopping:
-            code = 1
-    return code
+        child_end.close()
+        procs.append(p)
+        conns.append(parent_end)
+    log.info("serving", dns=f"{host}:{port}", zones=zones, workers=workers)
+    return asyncio.run(_serve_parent(cfg, inst, procs, conns, admin))

@@ -95,23 +95,44 @@ def parse_query(data: bytes) -> Query:
     edns = None
     if an or ns or ar:
         edns = _parse_additional(data, qend, an + ns, ar)
+    elif qend != end:
+        raise FormErr("bytes after the question")  # as Knot and BIND; NSD ignores them
     return Query(qid, f1, f2, opcode, question, lname, qtype, qclass, edns)
 
 
 def _skip_name(data: bytes, pos: int) -> int:
+    """The end of the name at ``pos``; FormErr unless the name is well formed.
+
+    Records in a query's other sections are rare (OPT has the root as owner),
+    so their pointers are followed, to refuse loops as NSD does: each pointer
+    must point before the labels it ends (RFC 1035 4.1.4, "a prior
+    occurrence"), which also guarantees the walk ends.
+    """
     end = len(data)
+    after = -1
+    segment = pos
+    size = 0
     while True:
         if pos >= end:
             raise FormErr("name runs past the packet")
         ln = data[pos]
         if ln == 0:
-            return pos + 1
+            return pos + 1 if after < 0 else after
         if ln & 0xC0 == 0xC0:
             if pos + 2 > end:
                 raise FormErr("truncated compression pointer")
-            return pos + 2  # we never follow pointers in records we skip
+            target = ((ln & 0x3F) << 8) | data[pos + 1]
+            if target < 12 or target >= segment:
+                raise FormErr("compression pointer does not point backwards")
+            if after < 0:
+                after = pos + 2
+            pos = segment = target
+            continue
         if ln & 0xC0:
             raise FormErr("unknown label type")
+        size += ln + 1
+        if size > 254:
+            raise FormErr("name longer than 255 octets")
         pos += ln + 1
 
 
@@ -158,6 +179,8 @@ def _parse_additional(data: bytes, pos: int, skip: int, ar: int) -> Edns | None:
                 opos += olen
             edns = Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000), ecs)
         pos = rend
+    if pos != end:
+        raise FormErr("bytes after the last record")
     return edns
 
 

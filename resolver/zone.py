@@ -16,7 +16,9 @@ import dns.exception
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
+import dns.tokenizer
 import dns.zone
+import dns.zonefile
 from dnslib import RD, RDMAP, RR, DNSBuffer, DNSLabel
 
 from . import wire
@@ -217,9 +219,12 @@ class Zone:
             seen.add(key)
             cut = self.cut_above(key)
             if cut is not None and not (cut == key and qtype == T_DS):
-                if answer:  # a CNAME into a delegated child: stop the chain there
-                    return Resolution(NOERROR, True, tuple(answer))
-                return self._referral(cut)
+                ref = self._referral(cut)
+                if answer:
+                    # A CNAME into a delegated child: the chain so far, then the
+                    # referral, as RFC 1034 4.3.2 step 3b restarts into it (NSD too).
+                    return Resolution(NOERROR, True, tuple(answer), ref.authority, ref.additional)
+                return ref
             types = self.data.get(key)
             synthesized = False
             if types is None and key not in self.names:
@@ -309,13 +314,10 @@ def load_zone_file(path: Path, origin: str) -> Zone:
     except OSError as e:
         raise ZoneError(f"{path}: cannot read zone file: {e.strerror}") from e
     try:
-        dz = dns.zone.from_text(
-            text,
-            origin=dns.name.from_text(origin),
-            relativize=False,
-            filename=str(path),
-            check_origin=True,
-        )
+        dz = dns.zone.Zone(dns.name.from_text(origin), dns.rdataclass.IN, relativize=False)
+        with dz.writer(True) as txn:
+            _StrictReader(dns.tokenizer.Tokenizer(text, str(path)), dns.rdataclass.IN, txn).read()
+        dz.check_origin()
     except dns.zone.NoSOA as e:
         raise ZoneError(f"{path}: zone {origin} has no SOA record at its apex") from e
     except dns.zone.NoNS as e:
@@ -325,6 +327,33 @@ def load_zone_file(path: Path, origin: str) -> Zone:
     except dns.exception.DNSException as e:
         raise ZoneError(f"{path}: {e}") from e
     return zone_from_rrsets(origin, _rrsets_of(dz), source=str(path))
+
+
+class _StrictReader(dns.zonefile.Reader):
+    """dnspython's master-file reader, made to refuse what it would skip.
+
+    dnspython silently drops records whose owner is outside the zone, reports
+    CNAME-and-other-data without a line, and names the line after a record
+    whose last token is bad. NSD refuses such zones naming the record's line;
+    so do we.
+    """
+
+    def _eat_line(self) -> None:  # dnspython calls it only to skip an out-of-zone owner
+        raise dns.exception.SyntaxError(
+            f"owner {self.last_name} is outside the zone {self.zone_origin}"
+        )
+
+    def _rr_line(self) -> None:
+        filename, line = self.tok.where()
+        try:
+            super()._rr_line()
+        except dns.zonefile.CNAMEAndOtherData:
+            raise ZoneError(
+                f"{filename}:{line}: {self.last_name} has a CNAME and other data; "
+                "RFC 1034 3.6.2 forbids it"
+            ) from None
+        except dns.exception.SyntaxError as e:
+            raise ZoneError(f"{filename}:{line}: {e}") from None
 
 
 def _rrsets_of(dz: dns.zone.Zone) -> Iterable[RRset]:

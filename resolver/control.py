@@ -1,0 +1,149 @@
+"""The control side of one fedns instance: sources -> registry -> plans -> answer tables.
+
+One ``Control`` runs per instance (in the parent process when there are
+several serving workers), so each cluster's API is watched once and every
+worker gets the same ``ServicePlan`` updates. A registry change for a set of
+service keys becomes one ``publish(plans, removed)`` call; plans are plain
+frozen data, cheap to pickle to the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from .fedconfig import FederationConfig
+from .federation import ServicePlan, plan_from_snapshot
+from .model import ServiceKey
+from .policy import Candidate, Policy
+from .registry import Registry
+
+log = structlog.get_logger("fedns.control")
+
+Publish = Callable[[Sequence[ServicePlan], Sequence[tuple[str, str, str]]], None]
+
+
+class Control:
+    def __init__(
+        self,
+        fed: FederationConfig,
+        defaults: Policy,
+        overrides: dict[str, dict[str, Any]],
+        publish: Publish,
+        registry: Registry | None = None,
+    ) -> None:
+        self.fed = fed
+        self.defaults = defaults
+        self.overrides = overrides
+        self.publish = publish
+        self.registry = registry if registry is not None else Registry.from_config(fed)
+        self.plans: dict[ServiceKey, ServicePlan] = {}
+        self._since: dict[tuple[ServiceKey, str, str], tuple[bool, float]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._unsub: Callable[[], None] | None = None
+
+    async def start(self) -> None:
+        from .sources import build_sources
+
+        self._unsub = self.registry.subscribe(self.on_change)
+        self._task = asyncio.create_task(self.registry.run(build_sources(self.fed)), name="fedns-registry")
+
+    async def stop(self) -> None:
+        if self._unsub is not None:
+            self._unsub()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self.registry.close()
+
+    def plan(self, key: ServiceKey) -> ServicePlan | None:
+        snap = self.registry.snapshot(key)
+        if snap is None:
+            for k in [k for k in self._since if k[0] == key]:
+                del self._since[k]
+            return None
+        override = self.overrides.get(f"{key.namespace}/{key.name}")
+        plan = plan_from_snapshot(self.fed.zone, snap, self.defaults, override)
+        return replace(plan, candidates=tuple(self._stamp(key, c) for c in plan.candidates))
+
+    def _stamp(self, key: ServiceKey, c: Candidate) -> Candidate:
+        """When this endpoint's health last changed, as this instance saw it (for explain)."""
+        k = (key, c.cluster, c.name)
+        now = time.time()
+        prev = self._since.get(k)
+        if prev is None or prev[0] != c.healthy:
+            prev = (c.healthy, now)
+            self._since[k] = prev
+        return replace(c, since=prev[1])
+
+    def on_change(self, keys: frozenset[ServiceKey]) -> None:
+        plans: list[ServicePlan] = []
+        removed: list[tuple[str, str, str]] = []
+        for key in keys:
+            plan = self.plan(key)
+            old = self.plans.get(key)
+            if plan is None:
+                if old is not None:
+                    removed.append(old.ident)
+                    del self.plans[key]
+                continue
+            if plan == old:
+                continue
+            for problem in plan.problems:
+                if old is None or problem not in old.problems:
+                    log.warning("annotation_ignored", service=str(key), problem=problem)
+            self.plans[key] = plan
+            plans.append(plan)
+        if plans or removed:
+            self.publish(plans, removed)
+
+    def all_plans(self) -> list[ServicePlan]:
+        return list(self.plans.values())
+
+    # -- views for the admin API --------------------------------------------------
+
+    def registry_view(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"zone": self.fed.zone, "services": []}
+        for key in sorted(self.plans):
+            p = self.plans[key]
+            out["services"].append(
+                {
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "fqdn": p.base,
+                    "policy": p.policy.kind,
+                    "ttl": p.policy.ttl,
+                    "ports": [f"{x.name}/{x.protocol}:{x.port}" for x in p.ports],
+                    "problems": list(p.problems),
+                    "endpoints": [
+                        {
+                            "cluster": c.cluster,
+                            "region": c.region,
+                            "zone": c.zone,
+                            "name": c.name,
+                            "addresses": list(c.v4 + c.v6),
+                            "healthy": c.healthy,
+                            "health": c.health_reason,
+                        }
+                        for c in p.candidates
+                    ],
+                }
+            )
+        return out
+
+    def clusters_view(self) -> dict[str, Any]:
+        return {name: st.as_dict() for name, st in self.registry.cluster_status().items()}
+
+    def ready(self) -> tuple[bool, str]:
+        status = self.registry.cluster_status()
+        waiting = [n for n, st in status.items() if not st.synced]
+        if waiting:
+            return False, "waiting for the first sync of: " + ", ".join(waiting)
+        return True, "ok"

@@ -1,0 +1,459 @@
+"""The config's ``federation:`` mapping, validated into frozen dataclasses.
+
+::
+
+    federation:
+      zone: global.example.test.
+      clusters:
+        - {name: east, region: us-east, zone: us-east-1a, kubeconfig: east.kubeconfig,
+           context: east, reach: pod, stale_after: 30, stale_policy: serve, weight: 100}
+        - {name: west, region: us-west, zone: us-west-1a}     # no kubeconfig: static
+      export: {mode: all | selector | serviceexport, selector: "k=v,...",
+               namespaces: {allow: [...], deny: [...]}}
+      services:                                               # static services
+        - namespace: shop
+          name: cart
+          ports: [{name: https, port: 443, protocol: TCP}]
+          annotations: {fedns.io/policy: failover}
+          endpoints:
+            west: [{addresses: [127.2.0.1], ready: true, hostname: cart-0, zone: us-west-1a}]
+
+Errors are ``ConfigError`` naming the file and key path
+(``federation.clusters[1].reach``). The keys ``localities``, ``regions``,
+``policies``, ``defaults`` and ``mmdb`` belong to routing and are passed
+through untouched in ``FederationConfig.routing``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import Config, ConfigError, _Reader, absolute_name
+from .model import (
+    REACH_MODES,
+    STALE_POLICIES,
+    Cluster,
+    Endpoint,
+    FrozenMap,
+    Port,
+    ServiceKey,
+    fedns_annotations,
+)
+
+ExportMode = Literal["all", "selector", "serviceexport"]
+ROUTING_KEYS = frozenset({"localities", "regions", "policies", "defaults", "mmdb"})
+_FED_KEYS = {"zone", "clusters", "export", "services"} | ROUTING_KEYS
+_CLUSTER_KEYS = {
+    "name",
+    "region",
+    "zone",
+    "kubeconfig",
+    "context",
+    "in_cluster",
+    "reach",
+    "gateway",
+    "stale_after",
+    "stale_policy",
+    "weight",
+}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+# -- label selectors (the Kubernetes syntax, as labels.Parse accepts it) ------------
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    key: str
+    op: Literal["=", "!=", "in", "notin", "exists", "!"]
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        has = self.key in labels
+        if self.op == "exists":
+            return has
+        if self.op == "!":
+            return not has
+        if self.op in ("=", "in"):
+            return has and labels[self.key] in self.values
+        return not has or labels[self.key] not in self.values  # != and notin
+
+    def __str__(self) -> str:
+        if self.op == "exists":
+            return self.key
+        if self.op == "!":
+            return f"!{self.key}"
+        if self.op in ("=", "!="):
+            return f"{self.key}{self.op}{self.values[0]}"
+        return f"{self.key} {self.op} ({','.join(self.values)})"
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    requirements: tuple[Requirement, ...]
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(r.matches(labels) for r in self.requirements)
+
+    def __str__(self) -> str:
+        """The canonical form, sent to the API server as ``labelSelector``."""
+        return ",".join(str(r) for r in self.requirements)
+
+
+def _valid_label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if prefix and not _LABEL_PREFIX.match(prefix):
+        return False
+    return bool(_LABEL_NAME.match(name))
+
+
+def parse_selector(text: str) -> LabelSelector:
+    """``app=web,tier!=db,env in (a,b),!legacy`` -> LabelSelector; ValueError says what is wrong."""
+    parts: list[str] = []
+    depth, cur = 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    reqs: list[Requirement] = []
+    for raw in parts:
+        p = raw.strip()
+        if not p:
+            raise ValueError(f"empty requirement in {text!r}")
+        m = re.fullmatch(r"(\S+)\s+(in|notin)\s*\((.*)\)", p)
+        req: Requirement
+        if m:
+            vals = tuple(v.strip() for v in m.group(3).split(","))
+            req = Requirement(m.group(1), m.group(2), tuple(sorted(set(vals))))  # type: ignore[arg-type]
+        elif p.startswith("!"):
+            req = Requirement(p[1:].strip(), "!")
+        elif "!=" in p:
+            k, v = p.split("!=", 1)
+            req = Requirement(k.strip(), "!=", (v.strip(),))
+        elif "=" in p:
+            k, v = p.split("==", 1) if "==" in p else p.split("=", 1)
+            req = Requirement(k.strip(), "=", (v.strip(),))
+        else:
+            req = Requirement(p, "exists")
+        if not _valid_label_key(req.key):
+            raise ValueError(f"{req.key!r} is not a valid label key")
+        for v in req.values:
+            if v and not _LABEL_NAME.match(v):
+                raise ValueError(f"{v!r} is not a valid label value")
+        reqs.append(req)
+    return LabelSelector(tuple(reqs))
+
+
+# -- the federation config ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExportConfig:
+    """Which Kubernetes services are published. Static services are always published."""
+
+    mode: ExportMode = "all"
+    selector: LabelSelector | None = None
+    allow: frozenset[str] | None = None  # None: every namespace
+    deny: frozenset[str] = frozenset()
+
+    def namespace_allowed(self, namespace: str) -> bool:
+        if namespace in self.deny:
+            return False
+        return self.allow is None or namespace in self.allow
+
+
+@dataclass(frozen=True, slots=True)
+class StaticService:
+    key: ServiceKey
+    ports: tuple[Port, ...] = ()
+    annotations: Mapping[str, str] = FrozenMap()
+    endpoints: tuple[tuple[str, tuple[Endpoint, ...]], ...] = ()  # (cluster name, endpoints)
+
+    def endpoints_in(self, cluster: str) -> tuple[Endpoint, ...] | None:
+        for name, eps in self.endpoints:
+            if name == cluster:
+                return eps
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    zone: str  # absolute, lowercase, trailing dot
+    clusters: tuple[Cluster, ...]
+    export: ExportConfig = ExportConfig()
+    services: tuple[StaticService, ...] = ()
+    routing: Mapping[str, Any] = FrozenMap()  # reserved keys, untouched (raw YAML values)
+
+    def cluster(self, name: str) -> Cluster | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None
+
+
+def parse_federation(config: Config) -> FederationConfig | None:
+    """The federation of a loaded ``Config``; None when it has no ``federation:`` key."""
+    if not config.federation:
+        return None
+    return federation_from_dict(config.federation, config.path)
+
+
+def federation_from_dict(raw: Any, path: Path | None = None) -> FederationConfig:
+    r = _Reader(path)
+    base = path.parent if path is not None else Path.cwd()
+    fed = r.mapping(raw, "federation")
+    r.known(fed, "federation", _FED_KEYS)
+    if "zone" not in fed:
+        raise r.fail("federation.zone", "missing; give the zone names are served under, e.g. global.example.test.")
+    zone = absolute_name(r.string(fed["zone"], "federation.zone"))
+
+    cl = fed.get("clusters")
+    if cl is None:
+        cl = []
+    if not isinstance(cl, list):
+        raise r.fail("federation.clusters", "expected a list of {name, region, zone, ...}")
+    clusters: list[Cluster] = []
+    for i, c in enumerate(cl):
+        cluster = _cluster(r, c, f"federation.clusters[{i}]", base)
+        if any(x.name == cluster.name for x in clusters):
+            raise r.fail(f"federation.clusters[{i}].name", f"cluster {cluster.name!r} is listed twice")
+        clusters.append(cluster)
+
+    export = _export(r, fed.get("export"), "federation.export")
+    services = _services(r, fed.get("services"), "federation.services", clusters)
+    routing = {k: fed[k] for k in ROUTING_KEYS if k in fed}
+    return FederationConfig(zone, tuple(clusters), export, services, FrozenMap(routing))
+
+
+def _cluster(r: _Reader, raw: Any, key: str, base: Path) -> Cluster:
+    c = r.mapping(raw, key)
+    r.known(c, key, _CLUSTER_KEYS)
+    if "name" not in c:
+        raise r.fail(f"{key}.name", "missing; a cluster needs a name (a DNS label, e.g. east)")
+    name = r.string(c["name"], f"{key}.name").lower()
+    if not _DNS_LABEL.match(name):
+        raise r.fail(f"{key}.name", f"{name!r} is not a DNS label (a-z, 0-9, '-', at most 63)")
+    region = _opt_str(r, c.get("region"), f"{key}.region")
+    zone = _opt_str(r, c.get("zone"), f"{key}.zone")
+    reach = c.get("reach", "pod")
+    if reach not in REACH_MODES:
+        raise r.fail(f"{key}.reach", f"{reach!r} is not one of {', '.join(REACH_MODES)}")
+    gw = c.get("gateway", [])
+    if isinstance(gw, str):
+        gw = [gw]
+    if not isinstance(gw, list):
+        raise r.fail(f"{key}.gateway", "expected a list of IP addresses")
+    gateway = tuple(_ip(r, a, f"{key}.gateway[{j}]") for j, a in enumerate(gw))
+    if reach == "gateway" and not gateway:
+        raise r.fail(f"{key}.gateway", "reach: gateway needs at least one gateway address")
+    if reach != "gateway" and gateway:
+        raise r.fail(f"{key}.gateway", f"only used with reach: gateway (this cluster has reach: {reach})")
+    stale_after = r.number(c.get("stale_after", 30.0), f"{key}.stale_after", 0.05, 86400)
+    policy = c.get("stale_policy", "serve")
+    if policy not in STALE_POLICIES:
+        raise r.fail(f"{key}.stale_policy", f"{policy!r} is not one of {', '.join(STALE_POLICIES)}")
+    weight = r.integer(c.get("weight", 100), f"{key}.weight", 0, 65535)
+    in_cluster = c.get("in_cluster", False)
+    if not isinstance(in_cluster, bool):
+        raise r.fail(f"{key}.in_cluster", f"expected true or false, got {in_cluster!r}")
+    kubeconfig: Path | None = None
+    if c.get("kubeconfig") is not None:
+        if in_cluster:
+            raise r.fail(f"{key}.kubeconfig", "give either kubeconfig or in_cluster: true, not both")
+        kubeconfig = Path(r.string(c["kubeconfig"], f"{key}.kubeconfig")).expanduser()
+        if not kubeconfig.is_absolute():
+            kubeconfig = base / kubeconfig
+    context = None
+    if c.get("context") is not None:
+        if kubeconfig is None:
+            raise r.fail(f"{key}.context", "a context needs a kubeconfig file")
+        context = r.string(c["context"], f"{key}.context")
+    if reach == "loadbalancer" and kubeconfig is None and not in_cluster:
+        raise r.fail(f"{key}.reach", "reach: loadbalancer needs a Kubernetes cluster (kubeconfig or in_cluster)")
+    return Cluster(
+        name=name,
+        region=region,
+        zone=zone,
+        reach=reach,
+        gateway=gateway,
+        stale_after=stale_after,
+        stale_policy=policy,
+        weight=weight,
+        kubeconfig=kubeconfig,
+        context=context,
+        in_cluster=in_cluster,
+    )
+
+
+def _export(r: _Reader, raw: Any, key: str) -> ExportConfig:
+    e = r.mapping(raw, key)
+    r.known(e, key, {"mode", "selector", "namespaces"})
+    mode = e.get("mode", "all")
+    if mode not in ("all", "selector", "serviceexport"):
+        raise r.fail(f"{key}.mode", f"{mode!r} is not one of all, selector, serviceexport")
+    selector = None
+    if e.get("selector") is not None:
+        if mode != "selector":
+            raise r.fail(f"{key}.selector", f"only used with mode: selector (mode is {mode})")
+        text = r.string(e["selector"], f"{key}.selector")
+        try:
+            selector = parse_selector(text)
+        except ValueError as err:
+            raise r.fail(f"{key}.selector", str(err)) from None
+    elif mode == "selector":
+        raise r.fail(f"{key}.selector", "mode: selector needs a label selector, e.g. 'fedns.io/export=true'")
+    ns = r.mapping(e.get("namespaces"), f"{key}.namespaces")
+    r.known(ns, f"{key}.namespaces", {"allow", "deny"})
+    allow = None
+    if ns.get("allow") is not None:
+        allow = frozenset(_str_list(r, ns["allow"], f"{key}.namespaces.allow"))
+    deny = frozenset(_str_list(r, ns.get("deny", []), f"{key}.namespaces.deny"))
+    return ExportConfig(mode, selector, allow, deny)
+
+
+def _services(r: _Reader, raw: Any, key: str, clusters: list[Cluster]) -> tuple[StaticService, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise r.fail(key, "expected a list of {namespace, name, ports, endpoints}")
+    by_name = {c.name: c for c in clusters}
+    out: list[StaticService] = []
+    for i, s in enumerate(raw):
+        k = f"{key}[{i}]"
+        s = r.mapping(s, k)
+        r.known(s, k, {"namespace", "name", "ports", "annotations", "endpoints"})
+        for f in ("namespace", "name"):
+            if f not in s:
+                raise r.fail(f"{k}.{f}", "missing")
+            if not _DNS_LABEL.match(str(s[f])):
+                raise r.fail(f"{k}.{f}", f"{s[f]!r} is not a DNS label (a-z, 0-9, '-')")
+        skey = ServiceKey(str(s["namespace"]), str(s["name"]))
+        if any(o.key == skey for o in out):
+            raise r.fail(k, f"service {skey} is listed twice")
+        ports = _ports(r, s.get("ports", []), f"{k}.ports")
+        ann = r.mapping(s.get("annotations"), f"{k}.annotations")
+        for ak, av in ann.items():
+            if not isinstance(ak, str) or not ak.startswith("fedns.io/"):
+                raise r.fail(f"{k}.annotations.{ak}", "only fedns.io/ annotations are used")
+            if not isinstance(av, str | int | float | bool):
+                raise r.fail(f"{k}.annotations.{ak}", "expected a string value")
+        annotations = fedns_annotations({ak: str(av) for ak, av in ann.items()})
+        eps_raw = r.mapping(s.get("endpoints"), f"{k}.endpoints")
+        per: list[tuple[str, tuple[Endpoint, ...]]] = []
+        for cname, lst in eps_raw.items():
+            ck = f"{k}.endpoints.{cname}"
+            cluster = by_name.get(str(cname))
+            if cluster is None:
+                raise r.fail(ck, f"no cluster named {cname!r} in federation.clusters")
+            if cluster.source != "static":
+                raise r.fail(
+                    ck, f"cluster {cname!r} is watched through its API server; static endpoints are only for clusters without kubeconfig/in_cluster"
+                )
+            if not isinstance(lst, list):
+                raise r.fail(ck, "expected a list of {addresses, ready, hostname, zone}")
+            per.append((cluster.name, tuple(_endpoint(r, e, f"{ck}[{j}]", cluster.name) for j, e in enumerate(lst))))
+        out.append(StaticService(skey, ports, annotations, tuple(per)))
+    return tuple(out)
+
+
+def _ports(r: _Reader, raw: Any, key: str) -> tuple[Port, ...]:
+    if not isinstance(raw, list):
+        raise r.fail(key, "expected a list of {name, port, protocol}")
+    ports: list[Port] = []
+    for j, p in enumerate(raw):
+        pk = f"{key}[{j}]"
+        p = r.mapping(p, pk)
+        r.known(p, pk, {"name", "port", "protocol"})
+        if "port" not in p:
+            raise r.fail(f"{pk}.port", "missing")
+        name = str(p.get("name", "") or "")
+        if name and not _DNS_LABEL.match(name):
+            raise r.fail(f"{pk}.name", f"{name!r} is not a valid port name (a DNS label)")
+        proto = str(p.get("protocol", "TCP")).upper()
+        if proto not in PROTOCOLS:
+            raise r.fail(f"{pk}.protocol", f"{proto!r} is not one of {', '.join(PROTOCOLS)}")
+        ports.append(Port(name, r.integer(p["port"], f"{pk}.port", 1, 65535), proto))
+    return tuple(sorted(set(ports)))
+
+
+def _endpoint(r: _Reader, raw: Any, key: str, cluster: str) -> Endpoint:
+    e = r.mapping(raw, key)
+    r.known(e, key, {"addresses", "ready", "serving", "terminating", "hostname", "zone", "node"})
+    addrs = e.get("addresses")
+    if isinstance(addrs, str):
+        addrs = [addrs]
+    if not isinstance(addrs, list) or not addrs:
+        raise r.fail(f"{key}.addresses", "expected a non-empty list of IP addresses")
+    addresses = tuple(_ip(r, a, f"{key}.addresses[{j}]") for j, a in enumerate(addrs))
+    flags: dict[str, bool] = {}
+    for f in ("ready", "serving", "terminating"):
+        v = e.get(f)
+        if v is not None and not isinstance(v, bool):
+            raise r.fail(f"{key}.{f}", f"expected true or false, got {v!r}")
+        flags[f] = v  # type: ignore[assignment]
+    ready = True if flags["ready"] is None else flags["ready"]
+    terminating = bool(flags["terminating"])
+    serving = ready if flags["serving"] is None else flags["serving"]
+    hostname = e.get("hostname")
+    if hostname is not None:
+        hostname = str(hostname).lower()
+        if not _DNS_LABEL.match(hostname):
+            raise r.fail(f"{key}.hostname", f"{hostname!r} is not a DNS label")
+    return Endpoint(
+        cluster=cluster,
+        addresses=addresses,
+        ready=ready,
+        serving=serving,
+        terminating=terminating,
+        zone=_opt_str(r, e.get("zone"), f"{key}.zone") or None,
+        hostname=hostname,
+        node=_opt_str(r, e.get("node"), f"{key}.node") or None,
+    )
+
+
+def _ip(r: _Reader, v: Any, key: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(v)))
+    except ValueError:
+        raise r.fail(key, f"{v!r} is not an IP address") from None
+
+
+def _opt_str(r: _Reader, v: Any, key: str) -> str:
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise r.fail(key, f"expected a string, got {v!r}")
+    return v
+
+
+def _str_list(r: _Reader, v: Any, key: str) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise r.fail(key, "expected a list of namespace names")
+    return list(v)
+
+
+__all__ = [
+    "ConfigError",
+    "ExportConfig",
+    "FederationConfig",
+    "LabelSelector",
+    "StaticService",
+    "federation_from_dict",
+    "parse_federation",
+    "parse_selector",
+]
