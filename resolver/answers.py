@@ -330,6 +330,9 @@ def _chaos_entries(identity: str | None, version: str | None) -> dict[bytes, Ent
     return out
 
 
+WAIT = b""  # respond() result: ask again once the federation has synced (never sent)
+
+
 class Table:
     """All answers for all zones, and the function that serves a query from them."""
 
@@ -351,6 +354,11 @@ class Table:
         self.opt_do = opt_record(self.max_udp, True)
         self.locator = locality if locality is not None else Locator()
         self.plans: dict[tuple[str, str, str], ServicePlan] = {}
+        # Federation zones whose clusters have not synced yet: a name that does
+        # not exist there *yet* gets WAIT instead of NXDOMAIN, so startup does
+        # not seed resolvers with negative answers (CoreDNS's kubernetes plugin
+        # delays queries the same way). Cleared at first sync or after a bound.
+        self.waiting: tuple[bytes, ...] = ()
         self.plan_names: dict[tuple[str, str, str], set[bytes]] = {}
 
     def replace_zone(self, zone: Zone) -> None:
@@ -485,6 +493,8 @@ class Table:
                 else:
                     e = node.answer(qtype)
             else:
+                if self.waiting and q.lname.endswith(self.waiting):
+                    return WAIT
                 found = self.find(q.lname, qtype)
                 if found is None:
                     return error_reply(q, REFUSED, self.max_udp)

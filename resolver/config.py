@@ -41,6 +41,7 @@ class Config:
     listen: tuple[str, int] = ("127.0.0.1", 5300)
     max_udp_payload: int = DEFAULT_UDP_PAYLOAD
     workers: int = 1
+    startup_wait: float = 5.0  # max seconds a query for a not-yet-synced federated name waits
     tcp: TcpConfig = TcpConfig()
     zones: tuple[ZoneConfig, ...] = ()
     admin: tuple[str, int] | None = None
@@ -156,7 +157,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
     base = path.parent if path is not None else Path.cwd()
 
     dns = r.mapping(top.get("dns"), "dns")
-    r.known(dns, "dns", {"listen", "max_udp_payload", "workers"})
+    r.known(dns, "dns", {"listen", "max_udp_payload", "workers", "startup_wait"})
     listen = parse_hostport(dns.get("listen", "127.0.0.1:5300"), "dns.listen", 53)
     max_udp = r.integer(
         dns.get("max_udp_payload", DEFAULT_UDP_PAYLOAD),
@@ -165,6 +166,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         65535,
     )
     workers = r.integer(dns.get("workers", 1), "dns.workers", 1, 64)
+    startup_wait = r.number(dns.get("startup_wait", 5.0), "dns.startup_wait", 0.0, 60.0)
 
     t = r.mapping(top.get("tcp"), "tcp")
     r.known(t, "tcp", {"idle_timeout", "max_connections", "max_inflight"})
@@ -229,6 +231,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         listen=listen,
         max_udp_payload=max_udp,
         workers=workers,
+        startup_wait=startup_wait,
         tcp=tcp,
         zones=tuple(zones),
         admin=admin,

@@ -25,7 +25,7 @@ from .control import Control
 from .fedconfig import FederationConfig, parse_federation
 from .routing import Routing, parse_routing
 from .wire import SERVFAIL, header_only
-from .zone import Zone, load_zone_file
+from .zone import Zone, key_of, load_zone_file
 
 log = structlog.get_logger("fedns.server")
 
@@ -52,6 +52,8 @@ def load_instance(cfg: Config) -> Instance:
             "add it under zones: with its SOA/NS zone file"
         )
     table = Table(zones, cfg.max_udp_payload, cfg.identity, cfg.version, routing.locator)
+    if fed is not None and cfg.startup_wait > 0:
+        table.waiting = (key_of(fed.zone),)
     return Instance(table, fed, routing)
 
 
@@ -79,19 +81,39 @@ class Runtime:
         self.table = table
         self.cfg = cfg
         self.stats = Stats()
+        self.synced = asyncio.Event()
+        if table.waiting:
+            # Never wait longer than this for the first sync, whatever happens.
+            asyncio.get_running_loop().call_later(cfg.startup_wait, self.mark_synced)
+        else:
+            self.synced.set()
+
+    def mark_synced(self) -> None:
+        self.table.waiting = ()
+        self.synced.set()
+
+    def set_table(self, table: Table, cfg: Config) -> None:
+        if self.synced.is_set():
+            table.waiting = ()
+        self.table, self.cfg = table, cfg
 
     def answer(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
+        """The reply, None to stay silent, or WAIT (b"") to ask again after the first sync."""
         try:
             resp = self.table.respond(data, tcp, addr)
         except Exception:  # never let one packet take the loop down
             self.stats.errors += 1
             log.exception("query_failed", size=len(data))
             resp = header_only(data, SERVFAIL) if len(data) >= 12 and not data[2] & 0x80 else None
-        if resp is None:
-            self.stats.dropped += 1
-        else:
+        if resp:
             self.stats.rcodes[resp[3] & 0x0F] += 1
+        elif resp is None:
+            self.stats.dropped += 1
         return resp
+
+    async def answer_after_sync(self, data: bytes, tcp: bool, addr: Any) -> bytes | None:
+        await self.synced.wait()
+        return self.answer(data, tcp, addr) or None
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
@@ -106,7 +128,16 @@ class UdpProtocol(asyncio.DatagramProtocol):
         rt = self.rt
         rt.stats.udp_queries += 1
         resp = rt.answer(data, False, addr)
-        if resp is not None and self.transport is not None:
+        if resp:
+            if self.transport is not None:
+                self.transport.sendto(resp, addr)
+        elif resp is not None:  # WAIT: answered once the federation has synced
+            task = asyncio.get_running_loop().create_task(rt.answer_after_sync(data, False, addr))
+            task.add_done_callback(lambda t: self._late(t, addr))
+
+    def _late(self, task: asyncio.Task[bytes | None], addr: Any) -> None:
+        resp = None if task.cancelled() or task.exception() else task.result()
+        if resp and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(resp, addr)
 
     def error_received(self, exc: Exception) -> None:
@@ -123,6 +154,7 @@ class TcpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.peer: Any = None
+        self.pending = 0  # queries waiting for the first federation sync
         self.last = 0.0
         self.loop = asyncio.get_running_loop()
 
@@ -145,8 +177,8 @@ class TcpProtocol(asyncio.Protocol):
     def _check_idle(self) -> None:
         timeout = self.rt.cfg.tcp.idle_timeout
         left = self.last + timeout - self.loop.time()
-        if left > 0:
-            self.idle = self.loop.call_later(left, self._check_idle)
+        if left > 0 or self.pending:
+            self.idle = self.loop.call_later(max(left, 0.1), self._check_idle)
         elif self.transport is not None:
             self.transport.close()
 
@@ -164,8 +196,12 @@ class TcpProtocol(asyncio.Protocol):
             del buf[: 2 + n]
             rt.stats.tcp_queries += 1
             resp = rt.answer(msg, True, self.peer)
-            if resp is not None:
+            if resp:
                 out.append(_LEN.pack(len(resp)) + resp)
+            elif resp is not None:
+                # WAIT: this one completes later, out of order (RFC 7766 7); the
+                # queries behind it are answered now.
+                self._defer(msg)
         if len(buf) > 2 + 65535:  # cannot happen with a valid peer; never grow without bound
             assert self.transport is not None
             self.transport.close()
@@ -173,6 +209,24 @@ class TcpProtocol(asyncio.Protocol):
         if out and self.transport is not None:
             # One write per batch: the length prefix and message go out together.
             self.transport.write(b"".join(out))
+
+    def _defer(self, msg: bytes) -> None:
+        self.pending += 1
+        if self.pending >= self.rt.cfg.tcp.max_inflight and self.transport is not None:
+            self.transport.pause_reading()  # RFC 7766 6.2.1.1: bound in-flight queries
+        task = self.loop.create_task(self.rt.answer_after_sync(msg, True, self.peer))
+        task.add_done_callback(self._deferred_done)
+
+    def _deferred_done(self, task: asyncio.Task[bytes | None]) -> None:
+        self.pending -= 1
+        resp = None if task.cancelled() or task.exception() else task.result()
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if resp:
+            t.write(_LEN.pack(len(resp)) + resp)
+        if self.pending == self.rt.cfg.tcp.max_inflight - 1:
+            t.resume_reading()
 
     def pause_writing(self) -> None:
         if self.transport is not None:
@@ -290,12 +344,15 @@ class Supervisor:
         publish: Callable[[Table, Sequence[Any], Sequence[Any]], None],
         on_reload: Callable[[Config, Instance], None],
         stats: Callable[[], dict[str, Any]],
+        on_synced: Callable[[], None],
     ) -> None:
         self.cfg = cfg
         self.inst = inst
         self._publish = publish
         self._on_reload = on_reload
         self._stats = stats
+        self._on_synced = on_synced
+        self._sync_task: asyncio.Task[None] | None = None
         self.control: Control | None = None
         self.admin_runner: Any = None
 
@@ -327,8 +384,19 @@ class Supervisor:
         if fed is None:
             return
         r = self.inst.routing
-        self.control = Control(fed, r.defaults, r.overrides, self.publish)
-        await self.control.start()
+        control = self.control = Control(fed, r.defaults, r.overrides, self.publish)
+        await control.start()
+
+        async def first_sync() -> None:
+            await control.registry.wait_synced()
+            if self.control is control:
+                # Publish everything now rather than after the registry's coalescing
+                # timer, so nothing is still missing when the waiting queries retry.
+                control.on_change(control.registry.keys())
+                log.info("federation_synced", clusters=len(fed.clusters), services=len(control.plans))
+                self._on_synced()
+
+        self._sync_task = asyncio.get_running_loop().create_task(first_sync())
 
     async def reload(self) -> None:
         """Safe reload: the new config, zones and federation are loaded whole
@@ -356,6 +424,8 @@ class Supervisor:
         log.info("reloaded", zones=[z.origin for z in new_cfg.zones])
 
     async def stop(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
         if self.control is not None:
             await self.control.stop()
         if self.admin_runner is not None:
@@ -373,9 +443,11 @@ async def _serve_single(
         table.apply_plans(plans, removed)
 
     def on_reload(new_cfg: Config, new_inst: Instance) -> None:
-        rt.table, rt.cfg = new_inst.table, new_cfg
+        rt.set_table(new_inst.table, new_cfg)
 
-    sup = Supervisor(cfg, inst, publish, on_reload, lambda: _stats_dict(rt.stats) | {"workers": 1})
+    sup = Supervisor(
+        cfg, inst, publish, on_reload, lambda: _stats_dict(rt.stats) | {"workers": 1}, rt.mark_synced
+    )
     await sup.start(admin)
     await _wait_signals(sup)
     close()
@@ -427,10 +499,12 @@ async def _worker(
         kind = msg[0]
         if kind == "plans":
             rt.table.apply_plans(msg[1], msg[2])
+        elif kind == "synced":
+            rt.mark_synced()
         elif kind == "reload":
             try:
                 new_cfg = load_config(cfg.path) if cfg.path else cfg
-                rt.table, rt.cfg = load_instance(new_cfg).table, new_cfg
+                rt.set_table(load_instance(new_cfg).table, new_cfg)
             except Exception as e:  # the parent validated it; keep serving what we have
                 log.error("worker_reload_failed", error=str(e))
 
@@ -484,7 +558,13 @@ async def _serve_parent(
 
     for i, c in enumerate(conns):
         loop.add_reader(c.fileno(), reader(i, c))
-    sup = Supervisor(cfg, inst, publish, on_reload, lambda: _sum_stats(list(worker_stats.values())))
+    def on_synced() -> None:
+        sup.inst.table.waiting = ()
+        send(("synced",))
+
+    sup = Supervisor(
+        cfg, inst, publish, on_reload, lambda: _sum_stats(list(worker_stats.values())), on_synced
+    )
     await sup.start(admin)
     waiter = loop.create_task(_wait_signals(sup))
     code = 0
