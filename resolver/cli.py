@@ -26,6 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-format", choices=["json", "console"], default="json")
     c = sub.add_parser("check", help="validate a config and its zones, print a summary")
     c.add_argument("-c", "--config", type=Path, required=True)
+    e = sub.add_parser("explain", help="why a name answers as it does for a client")
+    e.add_argument("name")
+    e.add_argument("--type", default="A", help="record type (default A)")
+    e.add_argument("--subnet", help="client subnet as a resolver would send it in ECS, e.g. 10.1.2.0/24")
+    e.add_argument("--server", help="admin URL of a running fedns, e.g. http://127.0.0.1:8053")
+    e.add_argument("-c", "--config", type=Path, help="without --server: load this config locally")
+    e.add_argument("--json", action="store_true", help="print the raw JSON")
     return p
 
 
@@ -33,7 +40,74 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "check":
         return _check(args.config)
+    if args.cmd == "explain":
+        return _explain(args)
     return _serve(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    logs.setup("warning", json=False)  # stdout is the answer; keep logs out of it
+
+    if args.server:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        q = {"name": args.name, "type": args.type}
+        if args.subnet:
+            q["subnet"] = args.subnet
+        url = args.server.rstrip("/") + "/v1/explain?" + urllib.parse.urlencode(q)
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                data = json.load(r)
+        except urllib.error.HTTPError as err:
+            print(f"fedns explain: {json.load(err).get('error', err)}", file=sys.stderr)
+            return 1
+        except (urllib.error.URLError, OSError) as err:
+            print(f"fedns explain: cannot reach {args.server}: {err}; is fedns running with --admin?",
+                  file=sys.stderr)
+            return 1
+    else:
+        from .explain import ExplainError
+        from .localexplain import explain_locally
+
+        try:
+            data = explain_locally(load_config(args.config), args.name, args.type, args.subnet)
+        except (ConfigError, ZoneError, ExplainError) as err:
+            print(f"fedns explain: {err}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(render_explain(data))
+    return 0
+
+
+def render_explain(d: dict) -> str:  # type: ignore[type-arg]
+    out = [f"{d['name']} {d['type']}: {d.get('source')}"]
+    c = d.get("client") or {}
+    out.append(f"client: from {c.get('from')} subnet={c.get('subnet')} region={c.get('region')} zone={c.get('zone')}")
+    loc = d.get("locality")
+    if loc:
+        out.append(f"locality: rule={loc.get('rule')} block={loc.get('same_locality_block')} {loc.get('note') or ''}".rstrip())
+    if "policy" in d:
+        p = d["policy"]
+        out.append(f"policy: {p['kind']} ttl={p['ttl']} max_answers={p['max_answers']} fail_open={p['fail_open']}")
+    for cand in d.get("candidates", []):
+        mark = "*" if cand["chosen"] else " "
+        out.append(
+            f" {mark} {cand['cluster']}/{cand['endpoint']} {','.join(cand['addresses'])} "
+            f"[{cand['region']}/{cand['zone']}] {cand['health']}"
+        )
+    for step in d.get("steps", []):
+        out.append(f"  - {step}")
+    out.append(f"scope: {d.get('scope')} (depends on {d.get('depends_on')})")
+    out.append(f"rcode: {d.get('rcode')} aa={d.get('aa')} ttl={d.get('ttl')}")
+    out.extend(f"  {rr}" for rr in d.get("answer", []))
+    out.extend(f"  {rr}" for rr in d.get("authority", []))
+    return "\n".join(out)
 
 
 def _check(path: Path) -> int:
