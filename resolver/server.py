@@ -525,26 +525,71 @@ async def _worker(
     close()
 
 
-async def _serve_parent(
-    cfg: Config, inst: Instance, procs: list[Any], conns: list[Any], admin: tuple[str, int] | None
-) -> int:
-    loop = asyncio.get_running_loop()
-    worker_stats: dict[int, dict[str, Any]] = {}
+class WorkerPool:
+    """N serving processes on one port. A worker that dies is replaced by a fork
+    of the parent, whose table is current, so the new worker starts with every
+    plan already applied. A crash loop (too many deaths in a minute) stops fedns."""
 
-    def send(msg: Any) -> None:
-        for c in conns:
-            # A dead worker's pipe fails here; the watchdog below notices the death.
+    MAX_RESTARTS_PER_MINUTE = 5
+
+    def __init__(self, cfg: Config, host: str, port: int) -> None:
+        import multiprocessing as mp
+
+        self.ctx = mp.get_context("fork")
+        self.cfg, self.host, self.port = cfg, host, port
+        self.procs: list[Any] = []
+        self.conns: list[Any] = []
+        self.deaths: list[float] = []
+        self.on_spawn: Callable[[int], None] = lambda _i: None
+
+    def spawn(self, table: Table, slot: int | None = None) -> int:
+        parent_end, child_end = self.ctx.Pipe()
+        p = self.ctx.Process(
+            target=_worker_main, args=(self.cfg, table, self.host, self.port, child_end), daemon=True
+        )
+        p.start()
+        child_end.close()
+        if slot is None:
+            self.procs.append(p)
+            self.conns.append(parent_end)
+            slot = len(self.procs) - 1
+        else:
+            self.procs[slot], self.conns[slot] = p, parent_end
+        self.on_spawn(slot)
+        return slot
+
+    def send(self, msg: Any) -> None:
+        for c in self.conns:
+            # A dead worker's pipe fails here; the watchdog notices the death.
             with contextlib.suppress(OSError):
                 c.send(msg)
 
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(5)
+
+
+async def _serve_parent(
+    cfg: Config, inst: Instance, pool: WorkerPool, admin: tuple[str, int] | None
+) -> int:
+    loop = asyncio.get_running_loop()
+    worker_stats: dict[int, dict[str, Any]] = {}
+    retired: dict[str, Any] = {}  # counters of workers that died, so totals never go down
+
     def publish(table: Table, plans: Sequence[Any], removed: Sequence[Any]) -> None:
-        table.apply_plans(plans, removed)  # the parent's copy answers explain queries
-        send(("plans", list(plans), list(removed)))
+        table.apply_plans(plans, removed)  # the parent's copy answers explain, and seeds respawns
+        pool.send(("plans", list(plans), list(removed)))
 
-    def on_reload(_cfg: Config, _inst: Instance) -> None:
-        send(("reload",))
+    def on_reload(new_cfg: Config, _inst: Instance) -> None:
+        pool.cfg = new_cfg
+        pool.send(("reload",))
 
-    def reader(i: int, c: Any) -> Callable[[], None]:
+    def watch(i: int) -> None:
+        c = pool.conns[i]
+
         def read() -> None:
             try:
                 msg = c.recv()
@@ -554,33 +599,53 @@ async def _serve_parent(
             if msg[0] == "stats":
                 worker_stats[i] = msg[1]
 
-        return read
+        loop.add_reader(c.fileno(), read)
 
-    for i, c in enumerate(conns):
-        loop.add_reader(c.fileno(), reader(i, c))
+    for i in range(len(pool.conns)):
+        watch(i)
+    pool.on_spawn = watch
+
     def on_synced() -> None:
         sup.inst.table.waiting = ()
-        send(("synced",))
+        pool.send(("synced",))
 
-    sup = Supervisor(
-        cfg, inst, publish, on_reload, lambda: _sum_stats(list(worker_stats.values())), on_synced
-    )
+    def stats() -> dict[str, Any]:
+        s = _sum_stats([*worker_stats.values(), retired] if retired else list(worker_stats.values()))
+        s["workers"] = sum(1 for p in pool.procs if p.is_alive())
+        return s
+
+    sup = Supervisor(cfg, inst, publish, on_reload, stats, on_synced)
     await sup.start(admin)
     waiter = loop.create_task(_wait_signals(sup))
     code = 0
     while not waiter.done():
-        await asyncio.wait([waiter], timeout=0.5)
-        dead = [p for p in procs if not p.is_alive()]
-        if dead and not waiter.done():
-            log.error("worker_died", pids=[p.pid for p in dead], exitcodes=[p.exitcode for p in dead])
-            code = 1
+        await asyncio.wait([waiter], timeout=0.25)
+        if waiter.done():
+            break
+        for i, p in enumerate(pool.procs):
+            if p.is_alive():
+                continue
+            now = loop.time()
+            pool.deaths = [t for t in pool.deaths if now - t < 60] + [now]
+            log.error("worker_died", pid=p.pid, exitcode=p.exitcode, restarts_last_minute=len(pool.deaths))
+            if len(pool.deaths) > pool.MAX_RESTARTS_PER_MINUTE:
+                log.error("worker_crash_loop", hint="see the errors above; fedns stops rather than flap")
+                code = 1
+                break
+            with contextlib.suppress(OSError, ValueError):
+                loop.remove_reader(pool.conns[i].fileno())
+            pool.conns[i].close()
+            if i in worker_stats:
+                retired = _sum_stats([retired, worker_stats.pop(i)]) if retired else worker_stats.pop(i)
+                retired.pop("workers", None)
+            pool.spawn(sup.inst.table, i)
+            if not sup.inst.table.waiting:
+                with contextlib.suppress(OSError):
+                    pool.conns[i].send(("synced",))
+        if code:
             break
     await sup.stop()
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        p.join(5)
+    pool.stop()
     return code
 
 
@@ -606,16 +671,8 @@ def serve(
     # SO_REUSEPORT group unread and swallows its share of the queries.
     probe_u.close()
     probe_t.close()
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
-    procs, conns = [], []
+    pool = WorkerPool(cfg, host, port)
     for _ in range(workers):
-        parent_end, child_end = ctx.Pipe()
-        p = ctx.Process(target=_worker_main, args=(cfg, inst.table, host, port, child_end), daemon=True)
-        p.start()
-        child_end.close()
-        procs.append(p)
-        conns.append(parent_end)
+        pool.spawn(inst.table)
     log.info("serving", dns=f"{host}:{port}", zones=zones, workers=workers)
-    return asyncio.run(_serve_parent(cfg, inst, procs, conns, admin))
+    return asyncio.run(_serve_parent(cfg, inst, pool, admin))
