@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -110,3 +111,24 @@ def test_sighup_reloads_and_keeps_old_data_on_error(
         assert _www(server) == {"192.0.2.20"}, "a failed reload must keep the running data"
     soa = udp(server.addr, make(RELOAD_ORIGIN, "SOA"))
     assert soa.answer[0][0].serial == 2
+
+
+def test_dead_worker_is_replaced(fedns_server: FednsFactory) -> None:
+    """A worker killed with SIGKILL is replaced; the port keeps answering throughout."""
+    two = fedns_server({RICH_ORIGIN: RICH_ZONE}, workers=2)
+    before = _children(two.proc.pid)
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = _children(two.proc.pid)
+        if len(now) == 2 and before[0] not in now and udp_sockets_on(two.port) == 2:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"worker not replaced: children {_children(two.proc.pid)}")
+    assert two.alive()
+    for i in range(30):  # fresh source ports: the kernel spreads them over both workers
+        qname, qtype = QUESTIONS[i % len(QUESTIONS)]
+        got = udp(two.addr, make(qname, qtype, edns=0, qid=i))
+        assert got.id == i and got.rcode() in (0, 3)
