@@ -131,4 +131,4 @@ def test_dead_worker_is_replaced(fedns_server: FednsFactory) -> None:
     for i in range(30):  # fresh source ports: the kernel spreads them over both workers
         qname, qtype = QUESTIONS[i % len(QUESTIONS)]
         got = udp(two.addr, make(qname, qtype, edns=0, qid=i))
-        assert got.id == i and got.rcode() in (0, 3)
+        assert got.id == i  # answered (udp() raises on a timeout)
