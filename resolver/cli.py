@@ -111,15 +111,26 @@ def render_explain(d: dict) -> str:  # type: ignore[type-arg]
 
 
 def _check(path: Path) -> int:
-    from .server import build_table
+    from .server import load_instance
 
     try:
         cfg = load_config(path)
-        table = build_table(cfg)
+        inst = load_instance(cfg)
     except (ConfigError, ZoneError) as e:
         print(f"fedns check: {e}", file=sys.stderr)
         return 1
+    table = inst.table
     print(f"config {path}: ok")
+    fed = inst.fed
+    if fed is not None:
+        kube = sum(1 for c in fed.clusters if c.source == "kubernetes")
+        lm = inst.routing.locator.localities
+        print(
+            f"  federation under {fed.zone}: {len(fed.clusters)} clusters ({kube} watched, "
+            f"{len(fed.clusters) - kube} static), {len(fed.services)} static services, "
+            f"{len(lm.rules) if lm is not None else 0} locality rules, "
+            f"default policy {inst.routing.defaults.kind}"
+        )
     for z in table.zones.values():
         rrsets = sum(len(t) for t in z.data.values())
         print(
