@@ -107,6 +107,21 @@ def ecs_option(family: int, source: int, scope: int, addr_bytes: bytes) -> bytes
     return struct.pack(">HHHBB", OPT_ECS, 4 + len(addr_bytes), family, source, scope) + addr_bytes
 
 
+_REPLY: dict[tuple[bytes, int], bytes] = {}
+
+
+def reply_option(cs: ClientSubnet, scope: int) -> bytes:
+    """``ecs_option`` for a query's subnet and our scope, memoized (per query)."""
+    key = (cs.raw, scope)
+    hit = _REPLY.get(key)
+    if hit is None:
+        hit = ecs_option(cs.family, cs.source, scope, cs.addr_bytes)
+        if len(_REPLY) >= _MEMO_MAX:
+            _REPLY.clear()
+        _REPLY[key] = hit
+    return hit
+
+
 def mask(family: int, value: int, bits: int) -> int:
     """``value`` with every bit after the first ``bits`` cleared."""
     width = MAX_SOURCE[family]
