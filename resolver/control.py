@@ -20,6 +20,7 @@ import structlog
 
 from .fedconfig import FederationConfig
 from .federation import ServicePlan, plan_from_snapshot
+from .health import Prober, ProbeSpec, Target, parse_probe
 from .model import ServiceKey
 from .policy import Candidate, Policy
 from .registry import Registry
@@ -37,6 +38,7 @@ class Control:
         overrides: dict[str, dict[str, Any]],
         publish: Publish,
         registry: Registry | None = None,
+        probe: ProbeSpec | None = None,
     ) -> None:
         self.fed = fed
         self.defaults = defaults
@@ -45,6 +47,9 @@ class Control:
         self.registry = registry if registry is not None else Registry.from_config(fed)
         self.plans: dict[ServiceKey, ServicePlan] = {}
         self._since: dict[tuple[ServiceKey, str, str], tuple[bool, float]] = {}
+        self.probe = probe
+        self.prober: Prober | None = None
+        self._targets: dict[ServiceKey, dict[Target, ProbeSpec]] = {}
         self._task: asyncio.Task[None] | None = None
         self._unsub: Callable[[], None] | None = None
 
@@ -52,11 +57,14 @@ class Control:
         from .sources import build_sources
 
         self._unsub = self.registry.subscribe(self.on_change)
+        self.prober = Prober(self._on_probe_flip)
         self._task = asyncio.create_task(self.registry.run(build_sources(self.fed)), name="fedns-registry")
 
     async def stop(self) -> None:
         if self._unsub is not None:
             self._unsub()
+        if self.prober is not None:
+            await self.prober.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -68,10 +76,44 @@ class Control:
         if snap is None:
             for k in [k for k in self._since if k[0] == key]:
                 del self._since[k]
+            self._targets.pop(key, None)
             return None
         override = self.overrides.get(f"{key.namespace}/{key.name}")
-        plan = plan_from_snapshot(self.fed.zone, snap, self.defaults, override)
+        spec, problem = self._probe_spec(snap)
+        health = None
+        wanted: dict[Target, ProbeSpec] = {}
+        if spec is not None:
+            ports = [p.port for cs in snap.per_cluster for p in cs.ports]
+            port = spec.port if spec.port is not None else (ports[0] if ports else None)
+            if port is not None:
+                prober = self.prober
+
+                def health(_cluster: str, address: str) -> tuple[bool, str, float] | None:
+                    t = Target(address, port, spec.kind, spec.path)
+                    wanted[t] = spec
+                    return prober.result(t) if prober is not None else None
+
+        plan = plan_from_snapshot(self.fed.zone, snap, self.defaults, override, health)
+        self._targets[key] = wanted
+        if problem:
+            plan = replace(plan, problems=(*plan.problems, problem))
         return replace(plan, candidates=tuple(self._stamp(key, c) for c in plan.candidates))
+
+    def _probe_spec(self, snap: Any) -> tuple[ProbeSpec | None, str]:
+        """The service's probe: ``fedns.io/probe`` annotation, else ``federation.health``."""
+        for cs in snap.per_cluster:
+            raw = cs.annotations.get("fedns.io/probe")
+            if raw is not None:
+                try:
+                    return parse_probe(raw, "annotation"), ""
+                except ValueError as e:
+                    return self.probe, f"fedns.io/probe={raw!r} ignored: {str(e).removeprefix('annotation')}"
+        return self.probe, ""
+
+    def _on_probe_flip(self, targets: set[Target]) -> None:
+        keys = frozenset(k for k, ts in self._targets.items() if targets & ts.keys())
+        if keys:
+            self.on_change(keys)
 
     def _stamp(self, key: ServiceKey, c: Candidate) -> Candidate:
         """When this endpoint's health last changed, as this instance saw it (for explain)."""
@@ -101,6 +143,8 @@ class Control:
                     log.warning("annotation_ignored", service=str(key), problem=problem)
             self.plans[key] = plan
             plans.append(plan)
+        if self.prober is not None:
+            self.prober.set_targets({t: sp for ts in self._targets.values() for t, sp in ts.items()})
         if plans or removed:
             self.publish(plans, removed)
 

@@ -9,6 +9,7 @@
         shop/ads: {policy: weighted, weights: {east: 3, west: 1}}
       localities: [{cidr: 10.1.0.0/16, region: us-east, zone: us-east-1a}, ...]
       regions: [{name: us-east, lat: 39.0, lon: -77.5, prefer: [us-west]}, ...]
+      health: {probe: tcp, port: 443, interval: 0.5, timeout: 0.4, rise: 2, fall: 2}
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
+from .health import ProbeSpec, parse_probe
 from .locator import Locator
 from .policy import Policy, policy_fields, with_fields
 
@@ -29,6 +31,7 @@ class Routing:
     defaults: Policy = DEFAULT_POLICY
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     locator: Locator = field(default_factory=Locator)
+    probe: ProbeSpec | None = None  # default active probe for every federated service
 
 
 def parse_routing(routing: Any, path: Path | None) -> Routing:
@@ -44,9 +47,10 @@ def parse_routing(routing: Any, path: Path | None) -> Routing:
             if not isinstance(svc, str) or svc.count("/") != 1:
                 raise ValueError(f"federation.policies.{svc}: key must be 'namespace/name'")
             overrides[svc.lower()] = policy_fields(settings, f"federation.policies.{svc}")
+        probe = parse_probe(raw.get("health"), "federation.health")
     except ValueError as e:
         raise ConfigError(f"{where}{e}") from None
-    return Routing(defaults, overrides, build_locator(raw, path))
+    return Routing(defaults, overrides, build_locator(raw, path), probe)
 
 
 def build_locator(raw: dict[str, Any], path: Path | None) -> Locator:

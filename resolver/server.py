@@ -384,7 +384,7 @@ class Supervisor:
         if fed is None:
             return
         r = self.inst.routing
-        control = self.control = Control(fed, r.defaults, r.overrides, self.publish)
+        control = self.control = Control(fed, r.defaults, r.overrides, self.publish, probe=r.probe)
         await control.start()
 
         async def first_sync() -> None:
