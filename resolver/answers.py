@@ -62,6 +62,9 @@ _RRFIXED = struct.Struct(">HHIH")
 
 SECTION_ANSWER, SECTION_AUTHORITY, SECTION_ADDITIONAL = 0, 1, 2
 
+# Question types the fast path leaves to the general one: refused or malformed there.
+_NOT_FAST = frozenset((T_AXFR, T_IXFR, T_OPT))
+
 
 class _FlatBuffer(DNSBuffer):  # type: ignore[misc]
     """A dnslib buffer that never compresses: for bytes that move between packets."""
@@ -93,15 +96,24 @@ class Entry:
     static: bytes | None  # the body when it has no pointer gaps
     size: int
     cuts: tuple[Cut, ...]
+    # Flags and counts as sent, indexed by the query's RD bit | CD bit >> 3 | 4 with OPT.
+    heads: tuple[bytes, ...] = ()
     _truncated: dict[int, Entry] = field(default_factory=dict, compare=False, repr=False)
+    _bodies: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def body(self, qname_len: int) -> bytes:
         if self.static is not None:
             return self.static
-        return b"".join(
-            p if isinstance(p, bytes) else _PTR.pack(0xC000 | (12 + qname_len - p))
-            for p in self.parts
-        )
+        # A template's bytes depend only on the length of the question's name,
+        # so they are kept per length: at most 255 per entry, whatever the names.
+        b = self._bodies.get(qname_len)
+        if b is None:
+            b = b"".join(
+                p if isinstance(p, bytes) else _PTR.pack(0xC000 | (12 + qname_len - p))
+                for p in self.parts
+            )
+            self._bodies[qname_len] = b
+        return b
 
     def fit(self, budget: int) -> Entry:
         """The largest prefix of whole RRsets within ``budget`` bytes (RFC 2181 9)."""
@@ -157,6 +169,12 @@ def _make_entry(
     elif len(merged) == 1 and isinstance(merged[0], bytes):
         static = merged[0]
     size = sum(len(p) if isinstance(p, bytes) else 2 for p in merged)
+    heads = tuple(
+        bytes((flags1 | rd, cd | rcode)) + _COUNTS.pack(1, an, ns, ar + with_opt)
+        for with_opt in (0, 1)
+        for cd in (0, CD)
+        for rd in (0, 1)
+    )
     return Entry(
         flags1,
         rcode,
@@ -166,6 +184,7 @@ def _make_entry(
         static,
         size,
         cuts,
+        heads,
     )
 
 
@@ -403,6 +422,7 @@ class Table:
         for okey, changes in by_zone.items():
             zone = self.zones[okey]
             affected = zone.update(changes)
+            zone.tailored = {k for k in zone.tailored | routers.keys() if k in zone.data}
             # CNAME chains may lead into changed names: their cached answers go too.
             affected.update(k for k, t in zone.data.items() if 5 in t)
             nodes = self.nodes
@@ -449,8 +469,103 @@ class Table:
                 return node.answer_below(qtype)
         return None
 
+    def fast_reply(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
+        """The reply to a common query, read in place from its bytes; None: not handled here.
+
+        Handled: opcode QUERY, one question of class IN for a name in our
+        zones, no answer or authority records, and no additional record or
+        one OPT (version 0, without ECS). All else, every error among it, is
+        left to the general path in ``respond``, which builds a ``Query``
+        and gives the same reply for what is handled here, only slower.
+        """
+        n = len(data)
+        if n < 17 or data[2] & 0xF8 or data[4:11] != b"\x00\x01\x00\x00\x00\x00\x00":
+            return None  # QR or an opcode set, or not one question and no records
+        z = data.find(0, 12)  # where the name ends, if its labels are well formed
+        qend = z + 5
+        if qend > n or qend <= 12 or data[z + 3] or data[z + 4] != C_IN:
+            return None
+        qtype = (data[z + 1] << 8) | data[z + 2]
+        if qtype in _NOT_FAST:
+            return None
+        ar = data[11]
+        if ar == 0:
+            if qend != n:
+                return None  # bytes after the question
+            opt = b""
+            limit = 65535 if tcp else MIN_UDP_PAYLOAD
+        elif ar == 1:
+            # One OPT: root owner, type 41, version 0, options well formed, none of them ECS.
+            o = qend + 11
+            if o > n or data[qend : qend + 3] != b"\x00\x00\x29" or data[qend + 6]:
+                return None
+            oend = o + ((data[qend + 9] << 8) | data[qend + 10])
+            if oend != n:
+                return None  # the OPT runs past the packet, or bytes follow it
+            while o < oend:
+                if o + 4 > oend or data[o : o + 2] == b"\x00\x08":
+                    return None
+                o += 4 + ((data[o + 2] << 8) | data[o + 3])
+            if o != oend:
+                return None
+            opt = self.opt_do if data[qend + 7] & 0x80 else self.opt
+            if tcp:
+                limit = 65535
+            else:
+                limit = (data[qend + 3] << 8) | data[qend + 4]
+                if limit > self.max_udp:
+                    limit = self.max_udp
+                elif limit < MIN_UDP_PAYLOAD:
+                    limit = MIN_UDP_PAYLOAD
+        else:
+            return None
+        nodes = self.nodes
+        lname = data[12 : z + 1].lower()
+        node = nodes.get(lname)
+        if node is not None:
+            # Keys are well-formed names, so a hit proves these labels are.
+            router = node.router
+            if router is not None and router.handles(qtype):
+                # As the general path does for a query without ECS.
+                client, _ = self.locator.client(None, addr)
+                e, _ = router.answer(qtype, client)
+            else:
+                e = node.exact.get(qtype)
+                if e is None:
+                    e = node.answer(qtype)
+        else:
+            if z > 266 or self.waiting:
+                return None  # longer than 255 octets; or maybe a name not synced yet
+            # Up to the closest existing ancestor, checking label lengths on the
+            # way; the ancestor is a key, hence well formed: so is the whole name.
+            k = lname
+            while True:
+                if len(k) < 2 or k[0] > 63:
+                    return None  # not in our zones, or malformed
+                k = k[k[0] + 1 :]
+                node = nodes.get(k)
+                if node is not None:
+                    e = node.answer_below(qtype)
+                    break
+        fixed = qend + len(opt)
+        if fixed + e.size > limit:
+            e = e.fit(limit - fixed)
+        body = e.static
+        return b"".join(
+            (
+                data[:2],
+                e.heads[(data[2] & 0x01) | ((data[3] & CD) >> 3) | (4 if opt else 0)],
+                data[12:qend],
+                e.body(z - 11) if body is None else body,
+                opt,
+            )
+        )
+
     def respond(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
         """The reply to one query packet, or None to stay silent."""
+        reply = self.fast_reply(data, tcp, addr)
+        if reply is not None:
+            return reply
         if len(data) < 12 or data[2] & QR:
             return None
         try:
@@ -487,7 +602,7 @@ class Table:
                     client, placement = self.locator.client(subnet, addr)
                     e, depends = router.answer(qtype, client)
                     if subnet is not None and placement is not None and depends != "nothing":
-                        scope = router.scope(placement, depends, self.locator.localities)
+                        scope = router.scope(placement, depends, self.locator.localities, qtype)
                     elif subnet is not None and depends == "subnet":
                         scope = min(subnet.source, PRIVACY_PREFIX[subnet.family])
                 else:

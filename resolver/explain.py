@@ -12,7 +12,7 @@ import struct
 import time
 from typing import Any
 
-from dnslib import QTYPE, DNSRecord
+from dnslib import QTYPE, DNSError, DNSRecord
 
 from .answers import Table
 from .ecs import ClientSubnet
@@ -38,14 +38,16 @@ def parse_subnet(text: str | None) -> ClientSubnet | None:
 
 def qtype_of(text: str | None) -> int:
     t = (text or "A").upper()
-    if t.isdigit():
-        return int(t)
-    if t.startswith("TYPE") and t[4:].isdigit():
-        return int(t[4:])
+    num = t[4:] if t.startswith("TYPE") else t
+    if num.isdigit() and int(num) <= 65535:
+        return int(num)
     try:
-        return int(getattr(QTYPE, t))
-    except AttributeError:
-        raise ExplainError(f"unknown record type {text!r}; use A, AAAA, SRV, TXT, ... or TYPEnnn") from None
+        val = int(getattr(QTYPE, t))
+    except (AttributeError, DNSError):  # dnslib raises DNSError for unknown names
+        val = -1
+    if not 0 <= val <= 65535:
+        raise ExplainError(f"unknown record type {text!r}; use A, AAAA, SRV, TXT, ... or TYPEnnn")
+    return val
 
 
 def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | None,
@@ -71,11 +73,11 @@ def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | 
     }
     if router is not None and router.handles(qtype):
         plan = router.plan
-        d = router.decision(client)
+        d = router.decision(client, qtype)
         scope = 0
         if subnet is not None and d.depends_on != "nothing":
             if placement is not None:
-                scope = router.scope(placement, d.depends_on, table.locator.localities)
+                scope = router.scope(placement, d.depends_on, table.locator.localities, qtype)
             elif d.depends_on == "subnet":
                 scope = min(subnet.source, 24 if subnet.family == 1 else 56)
         out["source"] = "federation"

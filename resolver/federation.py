@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,9 +116,14 @@ def _srv_rrset(owner: str, plan: ServicePlan, port: PlanPort, decision: Decision
         if not members:
             continue
         prio += 1
+        # Weights are per cluster: a cluster's share is split among its endpoints
+        # in the tier, so a cluster with more pods does not get more traffic.
+        cluster_weight = {m.cluster: m.weight for m in members}
+        total = max(1, sum(cluster_weight.values()))
+        per_cluster = Counter(m.cluster for m in members)
         for c in members:
             seen.add((c.cluster, c.name))
-            share = max(1, round(c.weight * 100 / max(1, sum(m.weight for m in members))))
+            share = max(1, round(c.weight * 100 / total / per_cluster[c.cluster]))
             target = DNSLabel(f"{c.name}.{c.cluster}.{plan.base}")
             records.append(SRV(priority=prio * 10, weight=share, port=port.port, target=target))
     if not records:
@@ -169,7 +175,7 @@ class Router:
     of wire concerns.
     """
 
-    __slots__ = ("_cache", "_scopes", "build", "kind", "plan", "port", "region_order")
+    __slots__ = ("_cache", "_family", "_scopes", "build", "kind", "plan", "port", "region_order")
 
     def __init__(
         self,
@@ -185,9 +191,10 @@ class Router:
         self.region_order = region_order
         self.build = build
         self._cache: dict[tuple[int, object], tuple[Any, str]] = {}
-        self._scopes: Any = None
+        self._scopes: dict[int, Any] = {}
+        self._family: dict[int, tuple[Candidate, ...]] = {}
 
-    def scope(self, placement: Any, depends: str, localities: Any) -> int:
+    def scope(self, placement: Any, depends: str, localities: Any, qtype: int = 0) -> int:
         """The ECS SCOPE of this name's answer for ``placement``.
 
         Per subnet (weighted): the bits the hash used. Per locality: the widest
@@ -197,12 +204,15 @@ class Router:
         """
         if depends == "subnet":
             return int(placement.subnet_scope)
-        if self._scopes is None:
-            self._scopes = localities.scope_table(self._answer_key)
-        return int(self._scopes.scope(placement))
+        table = self._scopes.get(qtype)
+        if table is None:
+            table = self._scopes[qtype] = localities.scope_table(
+                lambda loc: self._answer_key(loc, qtype)
+            )
+        return int(table.scope(placement))
 
-    def _answer_key(self, loc: Any) -> object:
-        d = self.decision(Client(loc.region, loc.zone, b""))
+    def _answer_key(self, loc: Any, qtype: int) -> object:
+        d = self.decision(Client(loc.region, loc.zone, b""), qtype)
         return tuple(sorted((c.cluster, c.name) for c in d.chosen))
 
     def handles(self, qtype: int) -> bool:
@@ -216,8 +226,19 @@ class Router:
             return client.subnet
         return None
 
-    def decision(self, client: Client) -> Decision:
-        return decide(self.plan.policy, self.plan.candidates, client, self.region_order)
+    def decision(self, client: Client, qtype: int = 0) -> Decision:
+        """The policy's choice; for A/AAAA among the endpoints with an address of
+        that family, so a single-stack tier does not hide the other family's
+        nearest endpoints (an A query would get NODATA from an IPv6-only zone)."""
+        cands = self.plan.candidates
+        if qtype in (T_A, T_AAAA):
+            fam = self._family.get(qtype)
+            if fam is None:
+                fam = self._family[qtype] = tuple(
+                    c for c in cands if (c.v4 if qtype == T_A else c.v6)
+                )
+            cands = fam
+        return decide(self.plan.policy, cands, client, self.region_order)
 
     def answer(self, qtype: int, client: Client) -> tuple[Any, str]:
         """(Entry, what it depends on: "nothing" | "locality" | "subnet")."""
@@ -225,7 +246,7 @@ class Router:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        d = self.decision(client)
+        d = self.decision(client, qtype)
         owner = self.plan.base
         if self.kind == "srv":
             assert self.port is not None
@@ -306,7 +327,8 @@ def plan_from_snapshot(
             if health is not None:
                 probe = health(cl.name, (v4 + v6)[0])
                 if probe is not None and healthy:
-                    healthy, reason, since = probe
+                    healthy, since = probe[0], probe[2]
+                    reason = f"ready; probe {'up' if healthy else 'down'}: {probe[1]}"
             if cs.stale:
                 reason += " (cluster stale: last-known data)"
             cands.append(

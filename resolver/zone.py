@@ -119,6 +119,10 @@ class Zone:
     names: set[bytes] = field(default_factory=set)  # owners plus empty non-terminals
     cuts: set[bytes] = field(default_factory=set)  # delegation points (NS below apex)
     children: dict[bytes, int] = field(default_factory=dict)  # direct children in ``names``
+    # Names whose A/AAAA/SRV are chosen per client (federated services). A CNAME
+    # chain stops before them: RFC 7871 7.2.1 says to place only the CNAME, so a
+    # resolver caches it with SCOPE 0 and asks for the target with ECS itself.
+    tailored: set[bytes] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -251,7 +255,7 @@ class Zone:
             answer.append(cname.renamed(owner) if synthesized else cname)
             target = cname.rdatas[0].label
             tkey = key_of(target)
-            if tkey in seen or not is_below_or_at(tkey, self.okey):
+            if tkey in seen or not is_below_or_at(tkey, self.okey) or tkey in self.tailored:
                 return Resolution(NOERROR, True, tuple(answer))
             key, owner = tkey, target
         return Resolution(NOERROR, True, tuple(answer))
