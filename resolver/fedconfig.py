@@ -46,7 +46,7 @@ from .model import (
 )
 
 ExportMode = Literal["all", "selector", "serviceexport"]
-ROUTING_KEYS = frozenset({"localities", "regions", "policies", "defaults", "mmdb"})
+ROUTING_KEYS = frozenset({"localities", "regions", "policies", "defaults", "mmdb", "health"})
 _FED_KEYS = {"zone", "clusters", "export", "services"} | ROUTING_KEYS
 _CLUSTER_KEYS = {
     "name",
@@ -118,7 +118,8 @@ def _valid_label_key(key: str) -> bool:
 def parse_selector(text: str) -> LabelSelector:
     """``app=web,tier!=db,env in (a,b),!legacy`` -> LabelSelector; ValueError says what is wrong."""
     parts: list[str] = []
-    depth, cur = 0, []
+    depth = 0
+    cur: list[str] = []
     for ch in text:
         if ch == "(":
             depth += 1
@@ -219,7 +220,10 @@ def federation_from_dict(raw: Any, path: Path | None = None) -> FederationConfig
     fed = r.mapping(raw, "federation")
     r.known(fed, "federation", _FED_KEYS)
     if "zone" not in fed:
-        raise r.fail("federation.zone", "missing; give the zone names are served under, e.g. global.example.test.")
+        raise r.fail(
+            "federation.zone",
+            "missing; give the zone names are served under, e.g. global.example.test.",
+        )
     zone = absolute_name(r.string(fed["zone"], "federation.zone"))
 
     cl = fed.get("clusters")
@@ -231,7 +235,9 @@ def federation_from_dict(raw: Any, path: Path | None = None) -> FederationConfig
     for i, c in enumerate(cl):
         cluster = _cluster(r, c, f"federation.clusters[{i}]", base)
         if any(x.name == cluster.name for x in clusters):
-            raise r.fail(f"federation.clusters[{i}].name", f"cluster {cluster.name!r} is listed twice")
+            raise r.fail(
+                f"federation.clusters[{i}].name", f"cluster {cluster.name!r} is listed twice"
+            )
         clusters.append(cluster)
 
     export = _export(r, fed.get("export"), "federation.export")
@@ -262,7 +268,9 @@ def _cluster(r: _Reader, raw: Any, key: str, base: Path) -> Cluster:
     if reach == "gateway" and not gateway:
         raise r.fail(f"{key}.gateway", "reach: gateway needs at least one gateway address")
     if reach != "gateway" and gateway:
-        raise r.fail(f"{key}.gateway", f"only used with reach: gateway (this cluster has reach: {reach})")
+        raise r.fail(
+            f"{key}.gateway", f"only used with reach: gateway (this cluster has reach: {reach})"
+        )
     stale_after = r.number(c.get("stale_after", 30.0), f"{key}.stale_after", 0.05, 86400)
     policy = c.get("stale_policy", "serve")
     if policy not in STALE_POLICIES:
@@ -274,7 +282,9 @@ def _cluster(r: _Reader, raw: Any, key: str, base: Path) -> Cluster:
     kubeconfig: Path | None = None
     if c.get("kubeconfig") is not None:
         if in_cluster:
-            raise r.fail(f"{key}.kubeconfig", "give either kubeconfig or in_cluster: true, not both")
+            raise r.fail(
+                f"{key}.kubeconfig", "give either kubeconfig or in_cluster: true, not both"
+            )
         kubeconfig = Path(r.string(c["kubeconfig"], f"{key}.kubeconfig")).expanduser()
         if not kubeconfig.is_absolute():
             kubeconfig = base / kubeconfig
@@ -284,7 +294,10 @@ def _cluster(r: _Reader, raw: Any, key: str, base: Path) -> Cluster:
             raise r.fail(f"{key}.context", "a context needs a kubeconfig file")
         context = r.string(c["context"], f"{key}.context")
     if reach == "loadbalancer" and kubeconfig is None and not in_cluster:
-        raise r.fail(f"{key}.reach", "reach: loadbalancer needs a Kubernetes cluster (kubeconfig or in_cluster)")
+        raise r.fail(
+            f"{key}.reach",
+            "reach: loadbalancer needs a Kubernetes cluster (kubeconfig or in_cluster)",
+        )
     return Cluster(
         name=name,
         region=region,
@@ -316,7 +329,9 @@ def _export(r: _Reader, raw: Any, key: str) -> ExportConfig:
         except ValueError as err:
             raise r.fail(f"{key}.selector", str(err)) from None
     elif mode == "selector":
-        raise r.fail(f"{key}.selector", "mode: selector needs a label selector, e.g. 'fedns.io/export=true'")
+        raise r.fail(
+            f"{key}.selector", "mode: selector needs a label selector, e.g. 'fedns.io/export=true'"
+        )
     ns = r.mapping(e.get("namespaces"), f"{key}.namespaces")
     r.known(ns, f"{key}.namespaces", {"allow", "deny"})
     allow = None
@@ -362,11 +377,17 @@ def _services(r: _Reader, raw: Any, key: str, clusters: list[Cluster]) -> tuple[
                 raise r.fail(ck, f"no cluster named {cname!r} in federation.clusters")
             if cluster.source != "static":
                 raise r.fail(
-                    ck, f"cluster {cname!r} is watched through its API server; static endpoints are only for clusters without kubeconfig/in_cluster"
+                    ck,
+                    f"cluster {cname!r} is watched through its API server; static endpoints are only for clusters without kubeconfig/in_cluster",
                 )
             if not isinstance(lst, list):
                 raise r.fail(ck, "expected a list of {addresses, ready, hostname, zone}")
-            per.append((cluster.name, tuple(_endpoint(r, e, f"{ck}[{j}]", cluster.name) for j, e in enumerate(lst))))
+            per.append(
+                (
+                    cluster.name,
+                    tuple(_endpoint(r, e, f"{ck}[{j}]", cluster.name) for j, e in enumerate(lst)),
+                )
+            )
         out.append(StaticService(skey, ports, annotations, tuple(per)))
     return tuple(out)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 Reach = Literal["pod", "loadbalancer", "gateway"]
 StalePolicy = Literal["serve", "drop"]
@@ -184,10 +184,10 @@ def fedns_annotations(annotations: object) -> Mapping[str, str]:
 
 # -- stripped Kubernetes objects: what sources hand to the registry -------------------
 
-SERVICES = "services"
-ENDPOINTSLICES = "endpointslices"
-SERVICEEXPORTS = "serviceexports"
 Kind = Literal["services", "endpointslices", "serviceexports"]
+SERVICES: Final = "services"
+ENDPOINTSLICES: Final = "endpointslices"
+SERVICEEXPORTS: Final = "serviceexports"
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,7 +142,8 @@ def _kind_of(obj: KubeObject) -> Kind:
 
 
 def _key_of(obj: Any) -> ServiceKey:
-    return obj.key  # type: ignore[no-any-return]
+    key: ServiceKey = obj.key
+    return key
 
 
 class ClusterSink:
@@ -390,7 +391,9 @@ class Registry:
             st.synced_kinds.add(kind)
             if st.required <= st.synced_kinds and not st.synced_event.is_set():
                 st.synced_event.set()
-                log.info("cluster synced", cluster=st.cluster.name, services=len(st.objects[SERVICES]))
+                log.info(
+                    "cluster synced", cluster=st.cluster.name, services=len(st.objects[SERVICES])
+                )
 
     def _changed(self, st: _State, key: ServiceKey) -> None:
         st.built.pop(key, None)
@@ -489,11 +492,10 @@ class Registry:
         backends = merge_endpoints(slices.values()) if slices else ()
         c = st.cluster
         if c.reach == "pod":
-            ports: tuple[Port, ...]
-            if slices:
-                ports = tuple(sorted({p for sl in slices.values() for p in sl.ports}))
-            else:
-                ports = ()
+            # Pods are reached directly: the slices' (target) ports, not the Service's.
+            ports: tuple[Port, ...] = (
+                tuple(sorted({p for sl in slices.values() for p in sl.ports})) if slices else ()
+            )
             endpoints = backends
         else:
             # One endpoint per front address; it is as ready as the best backend

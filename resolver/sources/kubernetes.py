@@ -107,7 +107,9 @@ class Backoff:
         self.failures = 0
 
     def next(self) -> float:
-        base = min(self.t.backoff_max, self.t.backoff_initial * self.t.backoff_factor**self.failures)
+        base = min(
+            self.t.backoff_max, self.t.backoff_initial * self.t.backoff_factor**self.failures
+        )
         self.failures += 1
         return min(self.t.backoff_max, base * (1.0 + self.t.backoff_jitter * self.rng.random()))
 
@@ -258,7 +260,9 @@ def strip_slice(obj: Any, cluster: str) -> SliceObject | None:
             )
         )
         refs.append(ref_id)
-    return SliceObject(ns, name, sys.intern(service), _ports(obj.get("ports")), tuple(eps), tuple(refs))
+    return SliceObject(
+        ns, name, sys.intern(service), _ports(obj.get("ports")), tuple(eps), tuple(refs)
+    )
 
 
 def strip_export(obj: Any) -> ExportObject | None:
@@ -374,9 +378,13 @@ class Reflector:
                 # Our resourceVersion is older than the server's history: what
                 # happened meanwhile is only knowable by listing again.
                 self.log.info("resourceVersion expired; relisting", error=str(e), rv=self.rv)
+                if relist:  # the list itself answered 410: relist, but never in a tight loop
+                    await asyncio.sleep(backoff.next())
                 relist, consistent = True, True
             except _NotServed as e:
-                self.log.warning("resource not served (CRD not installed?); treating as empty", error=str(e))
+                self.log.warning(
+                    "resource not served (CRD not installed?); treating as empty", error=str(e)
+                )
                 self.sink.replace(self.kind, [])
                 self.sink.error(f"{self.kind}: {e}")
                 relist = True
@@ -405,36 +413,34 @@ class Reflector:
         # "0": any recent state from the watch cache (cheap for the server);
         # "" after a 410: a consistent read, so we never go back in time.
         timeout = aiohttp.ClientTimeout(
-            total=self.t.list_timeout, sock_connect=self.t.connect_timeout, sock_read=self.t.read_timeout
+            total=self.t.list_timeout,
+            sock_connect=self.t.connect_timeout,
+            sock_read=self.t.read_timeout,
         )
-        items: list[Any] = []
+        # No limit/continue paging: a server only pages when asked to, and even
+        # 10k objects are a few MB (client-go does not page RV=0 lists either).
         kw = self._kw()
         kw["resource_version"] = "" if consistent else "0"
-        rv: str | None = None
-        while True:
-            resp = await self.list_fn(**kw, _request_timeout=timeout)
-            try:
-                status = resp.status
-                body = await resp.read()
-                retry_after = resp.headers.get("Retry-After")
-            finally:
-                resp.release()
-            if status != 200:
-                raise _status_error(status, body, retry_after)
-            try:
-                data = json.loads(body)
-            except ValueError:
-                raise _Transient(f"list: non-JSON body ({body[:80]!r})") from None
-            if not isinstance(data, dict) or not isinstance(data.get("items", []), list):
-                raise _Transient("list: not a List object")
-            rv = _rv(data) or rv
-            items.extend(data.get("items") or [])
-            meta = data.get("metadata")
-            cont = meta.get("continue") if isinstance(meta, dict) else None
-            if not (isinstance(cont, str) and cont):
-                break
-            kw = self._kw()  # next page: the continue token pins the snapshot
-            kw["_continue"] = cont
+        resp = await self.list_fn(**kw, _request_timeout=timeout)
+        try:
+            status = resp.status
+            body = await resp.read()
+            retry_after = resp.headers.get("Retry-After")
+        finally:
+            resp.release()
+        if status != 200:
+            raise _status_error(status, body, retry_after)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise _Transient(f"list: non-JSON body ({body[:80]!r})") from None
+        kind = data.get("kind", "List") if isinstance(data, dict) else None
+        if not isinstance(kind, str) or not kind.endswith("List"):
+            raise _Transient(f"list: not a List object ({body[:80]!r})")
+        items = data.get("items") or []  # Go encodes an empty list as null
+        if not isinstance(items, list):
+            raise _Transient(f"list: not a List object ({body[:80]!r})")
+        rv = _rv(data)
         objs = [o for o in map(self.strip, items) if o is not None]
         self._contact()
         self.sink.replace(self.kind, objs)
@@ -445,7 +451,9 @@ class Reflector:
     async def _watch(self) -> tuple[bool, float]:
         """One watch request until its clean end; returns (any events?, seconds it lasted)."""
         t = self.t
-        timeout_s = self.rng.randint(t.watch_timeout_min, max(t.watch_timeout_min, t.watch_timeout_max))
+        timeout_s = self.rng.randint(
+            t.watch_timeout_min, max(t.watch_timeout_min, t.watch_timeout_max)
+        )
         kw = self._kw()
         kw.update(
             watch=True,
@@ -576,7 +584,11 @@ class KubernetesSource:
                 raise
             except Exception as e:
                 delay = backoff.next()
-                self.log.error("cannot load cluster credentials", error=f"{type(e).__name__}: {e}", retry_in=round(delay, 2))
+                self.log.error(
+                    "cannot load cluster credentials",
+                    error=f"{type(e).__name__}: {e}",
+                    retry_in=round(delay, 2),
+                )
                 sink.error(f"credentials: {type(e).__name__}: {e}")
                 await asyncio.sleep(delay)
         async with client.ApiClient(configuration=cfg) as api:
@@ -591,8 +603,12 @@ class KubernetesSource:
         core = client.CoreV1Api(api)
         disc = client.DiscoveryV1Api(api)
         mode = self.export.mode
-        selector = str(self.export.selector) if mode == "selector" and self.export.selector else None
-        mk = partial(Reflector, sink=sink, timings=self.timings, rng=self.rng, on_contact=self._touch)
+        selector = (
+            str(self.export.selector) if mode == "selector" and self.export.selector else None
+        )
+        mk = partial(
+            Reflector, sink=sink, timings=self.timings, rng=self.rng, on_contact=self._touch
+        )
         out = {
             SERVICES: mk(
                 SERVICES,
@@ -625,7 +641,7 @@ class KubernetesSource:
             if time.monotonic() - self._last_contact < interval:
                 continue
             try:
-                resp = await version.get_code(
+                resp: Any = await version.get_code(
                     _preload_content=False,
                     _request_timeout=aiohttp.ClientTimeout(total=max(interval, 1.0)),
                 )

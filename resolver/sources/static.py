@@ -30,7 +30,9 @@ class StaticSource:
                 continue  # not declared in this cluster
             svcs.append(ServiceObject(s.key, s.ports, annotations=s.annotations))
             slices.append(
-                SliceObject(s.key.namespace, s.key.name, s.key.name, s.ports, eps, (None,) * len(eps))
+                SliceObject(
+                    s.key.namespace, s.key.name, s.key.name, s.ports, eps, (None,) * len(eps)
+                )
             )
         return svcs, slices
 
