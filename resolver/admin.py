@@ -109,7 +109,7 @@ class Admin:
         self.clusters = clusters
         self.ready = ready
         self.prom = CollectorRegistry()
-        self.prom.register(StatsCollector(self._all_stats))  # type: ignore[arg-type]
+        self.prom.register(StatsCollector(self._all_stats))
 
     def _all_stats(self) -> dict[str, Any]:
         s = dict(self.stats())

@@ -66,7 +66,7 @@ SECTION_ANSWER, SECTION_AUTHORITY, SECTION_ADDITIONAL = 0, 1, 2
 _NOT_FAST = frozenset((T_AXFR, T_IXFR, T_OPT))
 
 
-class _FlatBuffer(DNSBuffer):  # type: ignore[misc]
+class _FlatBuffer(DNSBuffer):
     """A dnslib buffer that never compresses: for bytes that move between packets."""
 
     def encode_name(self, name: Any) -> None:
@@ -210,9 +210,10 @@ def compile_exact(res: Resolution, qname: DNSLabel, qtype: int) -> Entry:
             rr.pack(buf)
         counts[sec] += len(rrset.rdatas)
         required = sec != SECTION_ADDITIONAL or referral
-        cuts.append(Cut(buf.offset - start, *counts, required))
+        cuts.append(Cut(buf.offset - start, counts[0], counts[1], counts[2], required))
     body = bytes(buf.data[start:])
-    return _make_entry(_flags(res), res.rcode, *counts, [body], tuple(cuts))
+    an, ns, ar = counts
+    return _make_entry(_flags(res), res.rcode, an, ns, ar, [body], tuple(cuts))
 
 
 def compile_template(res: Resolution, anchor: bytes, exact_owner: bytes | None) -> Entry:
@@ -243,8 +244,10 @@ def compile_template(res: Resolution, anchor: bytes, exact_owner: bytes | None) 
             parts.append(_RRFIXED.pack(rrset.rtype, C_IN, rrset.ttl, len(rdata)) + rdata)
             pos += (2 if isinstance(owner, int) else len(owner)) + 10 + len(rdata)
         counts[sec] += len(rrset.rdatas)
-        cuts.append(Cut(pos, *counts, sec != SECTION_ADDITIONAL or referral))
-    return _make_entry(_flags(res), res.rcode, *counts, parts, tuple(cuts))
+        required = sec != SECTION_ADDITIONAL or referral
+        cuts.append(Cut(pos, counts[0], counts[1], counts[2], required))
+    an, ns, ar = counts
+    return _make_entry(_flags(res), res.rcode, an, ns, ar, parts, tuple(cuts))
 
 
 def _label_suffix(key: bytes, suffix: bytes) -> bool:

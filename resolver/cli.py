@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__, logs
 from .config import DEMO_CONFIG, ConfigError, load_config, parse_hostport
@@ -85,7 +86,7 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_explain(d: dict) -> str:  # type: ignore[type-arg]
+def render_explain(d: dict[str, Any]) -> str:
     out = [f"{d['name']} {d['type']}: {d.get('source')}"]
     c = d.get("client") or {}
     out.append(f"client: from {c.get('from')} subnet={c.get('subnet')} region={c.get('region')} zone={c.get('zone')}")

@@ -177,10 +177,10 @@ def parse_probe(raw: Any, where: str) -> ProbeSpec | None:
         kind, _, rest = raw.partition(":")
         raw = {"probe": kind}
         if rest:
-            port, slash, path = rest.partition("/")
-            raw["port"] = port
+            port_text, slash, path_text = rest.partition("/")
+            raw["port"] = port_text
             if slash:
-                raw["path"] = "/" + path
+                raw["path"] = "/" + path_text
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected a mapping like {{probe: tcp, port: 443}}")
     known = {"probe", "port", "path", "interval", "timeout", "rise", "fall"}
@@ -204,7 +204,7 @@ def parse_probe(raw: Any, where: str) -> ProbeSpec | None:
             raise ValueError(f"{where}.{key}: {v} is out of range {lo}-{hi}")
         return v
 
-    port = num("port", 0, 1, 65535, int) if "port" in raw else None
+    port: int | None = num("port", 0, 1, 65535, int) if "port" in raw else None
     path = str(raw.get("path", "/"))
     if not path.startswith("/"):
         raise ValueError(f"{where}.path: {path!r} must start with /")

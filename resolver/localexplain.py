@@ -18,7 +18,10 @@ def explain_locally(cfg: Config, name: str, qtype: str, subnet: str | None, time
     async def run() -> dict[str, Any]:
         if inst.fed is not None:
             r = inst.routing
-            control = Control(inst.fed, r.defaults, r.overrides, inst.table.apply_plans, probe=r.probe)
+            def publish(plans: Any, removed: Any) -> None:
+                inst.table.apply_plans(plans, removed)
+
+            control = Control(inst.fed, r.defaults, r.overrides, publish, probe=r.probe)
             await control.start()
             try:
                 if not await control.registry.wait_synced(timeout):

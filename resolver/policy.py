@@ -108,7 +108,7 @@ def locality_tiers(
         take(f"same region {client.region}", lambda c: c.region == client.region)
     for r in region_order(client.region):
         if r != client.region:
-            take(f"region {r}", lambda c, r=r: c.region == r)
+            take(f"region {r}", lambda c, r=r: c.region == r)  # type: ignore[misc]
     rest = tuple(c for i, c in enumerate(cands) if i not in used)
     if rest:
         tiers.append(("other regions", rest))
@@ -175,9 +175,9 @@ def decide(
             + ", ".join(f"{n}={weights[n]}" for n in clusters)
             + f"; client subnet hashes to cluster {pick}"
         )
-        tiers = tuple(tuple(c for c in cands if c.cluster == n) for n in scored)
+        by_weight = tuple(tuple(c for c in cands if c.cluster == n) for n in scored)
         chosen = [c for c in healthy_all if c.cluster == pick]
-        return Decision(tiers, tuple(chosen[:cap]), tuple(steps), "subnet")
+        return Decision(by_weight, tuple(chosen[:cap]), tuple(steps), "subnet")
 
     # locality
     if client.region is None and client.zone is None:

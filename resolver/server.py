@@ -170,7 +170,7 @@ class TcpProtocol(asyncio.Protocol):
         self.rt.stats.tcp_connections += 1
         # Bound what a peer that does not read can make us buffer: past this,
         # writes pause reading, so no new queries are taken from it.
-        self.transport.set_write_buffer_limits(high=tcp.max_inflight * 1024)
+        transport.set_write_buffer_limits(high=tcp.max_inflight * 1024)  # type: ignore[attr-defined]
         self.last = self.loop.time()
         self.idle = self.loop.call_later(tcp.idle_timeout, self._check_idle)
 
