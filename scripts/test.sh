@@ -27,5 +27,8 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 echo "== lint"
 python3 -m ruff check resolver tests benchmarks
 
+echo "== types"
+python3 -m mypy resolver
+
 echo "== tests"
 python3 -m pytest -q -p no:cacheprovider "$@"
