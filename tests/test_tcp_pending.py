@@ -82,3 +82,34 @@ def test_waiting_is_bounded_by_startup_wait(fedns_server: FednsFactory, tmp_path
             reply = _read(s)
         assert reply.id == 7
         assert reply.rcode() == dns.rcode.NXDOMAIN  # after the bound, the zone's own answer
+
+
+def test_inflight_cap_pauses_reading(fedns_server: FednsFactory, tmp_path: Path) -> None:
+    """With tcp.max_inflight 2, two held queries stop the connection from reading more
+    (RFC 7766 6.2.1.1), so a third query waits until one of them completes."""
+    with ThreadedFakeKubes(["east"]) as fakes:
+        east = fakes["east"]
+        fakes.call(lambda: east.apply("services", service("shop", "cart")))
+        fakes.run(east.down())
+        fed = _absolute(federation_config(fakes.kubes, tmp_path), tmp_path)
+        srv = fedns_server(
+            {"global.example.test.": ZONE},
+            {"federation": fed, "dns": {"startup_wait": 20}, "tcp": {"max_inflight": 2}},
+        )
+        with socket.create_connection(srv.addr, timeout=15) as s:
+            s.sendall(
+                _frame("a.shop.global.example.test.", 1)
+                + _frame("b.shop.global.example.test.", 2)
+                + _frame("www.global.example.test.", 3)
+            )
+            s.settimeout(0.8)
+            try:
+                early = s.recv(2)
+            except TimeoutError:
+                early = b""
+            assert early == b"", "the third query was read and answered past the in-flight cap"
+            s.settimeout(15)
+            fakes.run(east.up())
+            ids = sorted(_read(s).id for _ in range(3))
+        srv.stop()
+        assert ids == [1, 2, 3]
