@@ -184,13 +184,22 @@ class TcpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = self.loop.time()
+        self.buf += data
+        self._drain()
+
+    def _drain(self) -> None:
+        """Answer every complete frame in the buffer, up to the in-flight cap."""
         buf = self.buf
-        buf += data
         out = []
         rt = self.rt
-        while len(buf) >= 2:
+        cap = rt.cfg.tcp.max_inflight
+        while len(buf) >= 2 and self.pending < cap:
             n = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + n:
+                if len(buf) > 2 + 65535:  # cannot happen with a valid peer; never grow unbounded
+                    assert self.transport is not None
+                    self.transport.close()
+                    return
                 break
             msg = bytes(buf[2 : 2 + n])
             del buf[: 2 + n]
@@ -202,10 +211,6 @@ class TcpProtocol(asyncio.Protocol):
                 # WAIT: this one completes later, out of order (RFC 7766 7); the
                 # queries behind it are answered now.
                 self._defer(msg)
-        if len(buf) > 2 + 65535:  # cannot happen with a valid peer; never grow without bound
-            assert self.transport is not None
-            self.transport.close()
-            return
         if out and self.transport is not None:
             # One write per batch: the length prefix and message go out together.
             self.transport.write(b"".join(out))
@@ -226,7 +231,9 @@ class TcpProtocol(asyncio.Protocol):
         if resp:
             t.write(_LEN.pack(len(resp)) + resp)
         if self.pending == self.rt.cfg.tcp.max_inflight - 1:
-            t.resume_reading()
+            self._drain()  # frames read before the cap was reached
+            if self.pending < self.rt.cfg.tcp.max_inflight:
+                t.resume_reading()
 
     def pause_writing(self) -> None:
         if self.transport is not None:
