@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import structlog
 
+from .policy import bounded
+
 log = structlog.get_logger("fedns.health")
 
 ProbeKind = Literal["tcp", "http"]
@@ -194,15 +196,7 @@ def parse_probe(raw: Any, where: str) -> ProbeSpec | None:
         raise ValueError(f"{where}.probe: {kind!r} is not one of tcp, http, none")
 
     def num(key: str, default: float, lo: float, hi: float, conv: Callable[[Any], float] = float) -> Any:
-        if key not in raw:
-            return default
-        try:
-            v = conv(raw[key])
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}.{key}: {raw[key]!r} is not a number") from None
-        if not lo <= v <= hi:
-            raise ValueError(f"{where}.{key}: {v} is out of range {lo}-{hi}")
-        return v
+        return bounded(raw[key], f"{where}.{key}", conv, lo, hi) if key in raw else default
 
     port: int | None = num("port", 0, 1, 65535, int) if "port" in raw else None
     path = str(raw.get("path", "/"))

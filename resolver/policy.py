@@ -265,13 +265,7 @@ def policy_fields(raw: Any, where: str) -> dict[str, Any]:
         ("min_healthy_fraction", float, 0.0, 1.0),
     ):
         if name in raw:
-            try:
-                val = conv(raw[name])
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}.{name}: {raw[name]!r} is not a number") from None
-            if not lo <= val <= hi:
-                raise ValueError(f"{where}.{name}: {val} is out of range {lo}-{hi}")
-            out[name] = val
+            out[name] = bounded(raw[name], f"{where}.{name}", conv, lo, hi)
     if "fail_open" in raw:
         v = raw["fail_open"]
         if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
@@ -280,6 +274,21 @@ def policy_fields(raw: Any, where: str) -> dict[str, Any]:
             raise ValueError(f"{where}.fail_open: expected true or false")
         out["fail_open"] = v
     return out
+
+
+def bounded(value: Any, key: str, conv: Callable[[Any], Any], lo: float, hi: float) -> Any:
+    """``conv(value)`` checked to lie in [lo, hi]; ValueError("key: problem") otherwise.
+
+    Config files and annotations both come through here (annotations are strings)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{key}: {value!r} is not a number")
+    try:
+        v = conv(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: {value!r} is not a number") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{key}: {v} is out of range {lo}-{hi}")
+    return v
 
 
 def with_fields(base: Policy, fields: dict[str, Any]) -> Policy:
