@@ -15,7 +15,7 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   # Package scripts try to start the daemons; on a machine without an init
   # system that fails harmlessly, and the tests start their own instances.
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 for d in nsd knotd unbound dnsdist gdnsd pdns_server; do
   pkill -x "$d" 2>/dev/null || true   # package post-install may have started a system instance
