@@ -15,7 +15,18 @@ import yaml
 
 from .wire import DEFAULT_UDP_PAYLOAD, MIN_UDP_PAYLOAD
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "zones" / "demo.yaml"
+def _demo_config() -> Path:
+    """zones/demo.yaml: from the checkout, or as installed (package ``resolver.demo``)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "zones" / "demo.yaml", here / "demo" / "demo.yaml"):
+        if candidate.is_file():
+            return candidate
+    from importlib.resources import files
+
+    return Path(str(files("resolver.demo") / "demo.yaml"))
+
+
+DEMO_CONFIG = _demo_config()
 
 
 class ConfigError(ValueError):
