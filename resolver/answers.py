@@ -13,10 +13,17 @@ below a wildcard, synthesized wildcard records, referrals from below a cut)
 are *templates*: byte runs with gaps for a 2-byte pointer to a suffix of the
 question, filled in per query. That keeps a random-subdomain flood as cheap
 as a positive answer, with no per-name cache to blow up.
+
+Tailored answers (federated names, EDNS Client Subnet) take the same path:
+what a query's OPT record asks (payload, DO, the validated and placed ECS
+subnet) is memoized by the record's bytes, and each router's answer with its
+reply OPT record (the ECS echo with our SCOPE) per client subnet or source,
+so the per-query work stays dict lookups and one join.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +33,7 @@ from dnslib import DNSBuffer, DNSLabel, DNSQuestion
 
 from .ecs import PRIVACY_PREFIX, ClientSubnet, ecs_option, parse_ecs
 from .federation import Router, ServicePlan, routers_for, static_records
+from .locality import Placement
 from .locator import Locator
 from .wire import (
     AA,
@@ -39,6 +47,7 @@ from .wire import (
     MIN_UDP_PAYLOAD,
     NOERROR,
     NOTIMP,
+    OPT_ECS,
     QR,
     REFUSED,
     T_AXFR,
@@ -64,6 +73,32 @@ SECTION_ANSWER, SECTION_AUTHORITY, SECTION_ADDITIONAL = 0, 1, 2
 
 # Question types the fast path leaves to the general one: refused or malformed there.
 _NOT_FAST = frozenset((T_AXFR, T_IXFR, T_OPT))
+
+_SUBNETS_MAX = 1 << 16  # distinct ECS options remembered per table; cleared whole when full
+# Per-client results remembered per router (Router.memo), cleared whole when
+# full: the bound of Router's own cache. Kept on the router, not in the table,
+# so a replaced router's memo goes with it.
+_ROUTES_MAX = 1 << 12
+_EDNS_KEY_MAX = 96  # longer OPT records (padding, big cookies) are not memoized
+
+
+@dataclass(slots=True)
+class _Subnet:
+    """One distinct ECS option of the queries (keyed by its raw data): validated
+    and its reply OPT records built once, not per query."""
+
+    cs: ClientSubnet
+    # Placed by the subnet alone, whatever the packet's source (Locator.source_free):
+    # then a router's answer for it can be remembered per subnet. None until a
+    # router first places it (static answers never place the client).
+    free: bool | None
+    # The reply's OPT record (ECS echo with that SCOPE), without and with DO, per SCOPE.
+    opts: dict[int, tuple[bytes, bytes]]
+
+
+# What one OPT record asks for, as the fast path uses it: (UDP payload limit,
+# DO bit, ECS option data, its _Subnet, the reply's OPT record for SCOPE 0).
+_Edns = tuple[int, int, bytes | None, _Subnet | None, bytes]
 
 
 class _FlatBuffer(DNSBuffer):
@@ -169,23 +204,23 @@ def _make_entry(
     elif len(merged) == 1 and isinstance(merged[0], bytes):
         static = merged[0]
     size = sum(len(p) if isinstance(p, bytes) else 2 for p in merged)
+    counts, counts_opt, heads = _header_bytes(flags1, rcode, an, ns, ar)
+    return Entry(flags1, rcode, counts, counts_opt, tuple(merged), static, size, cuts, heads)
+
+
+@functools.lru_cache(maxsize=4096)
+def _header_bytes(
+    flags1: int, rcode: int, an: int, ns: int, ar: int
+) -> tuple[bytes, bytes, tuple[bytes, ...]]:
+    """Counts and heads of an entry, shared by every entry with the same ones
+    (immutable bytes; some 500 bytes saved per entry, at 100k names and more)."""
     heads = tuple(
         bytes((flags1 | rd, cd | rcode)) + _COUNTS.pack(1, an, ns, ar + with_opt)
         for with_opt in (0, 1)
         for cd in (0, CD)
         for rd in (0, 1)
     )
-    return Entry(
-        flags1,
-        rcode,
-        _COUNTS.pack(1, an, ns, ar),
-        _COUNTS.pack(1, an, ns, ar + 1),
-        tuple(merged),
-        static,
-        size,
-        cuts,
-        heads,
-    )
+    return _COUNTS.pack(1, an, ns, ar), _COUNTS.pack(1, an, ns, ar + 1), heads
 
 
 def _sections(res: Resolution) -> list[tuple[int, RRset]]:
@@ -299,8 +334,44 @@ class Node:
         return e
 
 
-def build_node(zone: Zone, k: bytes) -> Node:
-    """Precompute one name's node (the name must be in ``zone.names``)."""
+_PLAIN = frozenset((1, 28))  # A, AAAA: a node of these alone holds no other name's data
+
+
+def _same_plain(old: dict[int, RRset] | None, new: dict[int, RRset]) -> bool:
+    """True when a name with only A/AAAA records (or none) would get the same node
+    from ``new`` as from ``old``: same types, owners (letter case too), TTLs and data."""
+    if not new:
+        return not old
+    if old is None or old.keys() != new.keys() or not _PLAIN.issuperset(new):
+        return False
+    return all(
+        o.name.label == n.name.label and o.ttl == n.ttl and o.rdatas == n.rdatas
+        for o, n in ((old[t], new[t]) for t in new)
+    )
+
+
+def nx_template(zone: Zone) -> Entry:
+    """NXDOMAIN below any name of ``zone`` without a wildcard child: the SOA's owner
+    is a pointer to the question's zone suffix, so one template serves every name."""
+    return compile_template(Resolution(3, True, (), (zone.negative_soa(),)), zone.okey, None)
+
+
+def _same_resolution(a: Resolution, b: Resolution) -> bool:
+    """The same sections of the same RRset objects: compiled, the same bytes."""
+    return (
+        a.rcode == b.rcode
+        and a.aa == b.aa
+        and all(
+            len(x) == len(y) and all(r is q for r, q in zip(x, y, strict=True))
+            for x, y in ((a.answer, b.answer), (a.authority, b.authority), (a.additional, b.additional))
+        )
+    )
+
+
+def build_node(zone: Zone, k: bytes, nx: Entry | None = None) -> Node:
+    """Precompute one name's node (the name must be in ``zone.names``).
+
+    ``nx``: the zone's ``nx_template``, when the caller builds many nodes."""
     types = zone.data.get(k, {})
     qname = label_of(k)
     cut = zone.cut_above(k)
@@ -311,20 +382,27 @@ def build_node(zone: Zone, k: bytes) -> Node:
             exact[43] = compile_exact(zone.resolve(k, 43), qname, 43)  # DS lives above the cut
         ref_below = compile_template(zone.resolve(cut, 1), k, None)
         return Node(zone, k, exact, referral, ref_below, None)
-    for t in types:
-        exact[t] = compile_exact(zone.resolve(k, t), qname, t)
-    exact[255] = compile_exact(zone.resolve(k, 255), qname, 255)
+    done: list[tuple[Resolution, Entry]] = []
+    for t in (*types, 255):
+        res = zone.resolve(k, t)
+        # ANY answers with one RRset, often exactly what that type's query gets:
+        # the entry (whose bytes do not depend on the question's type) is shared.
+        e = next((e for r, e in done if _same_resolution(r, res)), None)
+        if e is None:
+            e = compile_exact(res, qname, t)
+            done.append((res, e))
+        exact[t] = e
     default = None if 5 in types else compile_exact(zone.resolve(k, 0), qname, 0)
     wkey = WILDCARD + k
     if wkey in zone.data:
         return Node(zone, k, exact, default, None, wkey)
-    nx = compile_template(Resolution(3, True, (), (zone.negative_soa(),)), k, None)
-    return Node(zone, k, exact, default, nx, None)
+    return Node(zone, k, exact, default, nx if nx is not None else nx_template(zone), None)
 
 
 def build_nodes(zone: Zone) -> dict[bytes, Node]:
     """Precompute the nodes of one zone."""
-    nodes = {k: build_node(zone, k) for k in zone.names}
+    nx = nx_template(zone)
+    nodes = {k: build_node(zone, k, nx) for k in zone.names}
     assert zone.okey in nodes
     return nodes
 
@@ -375,6 +453,8 @@ class Table:
         self.opt = opt_record(self.max_udp, False)
         self.opt_do = opt_record(self.max_udp, True)
         self.locator = locality if locality is not None else Locator()
+        self._subnets: dict[bytes, _Subnet] = {}
+        self._edns_memo: dict[bytes, _Edns] = {}
         self.plans: dict[tuple[str, str, str], ServicePlan] = {}
         # Federation zones whose clusters have not synced yet: a name that does
         # not exist there *yet* gets WAIT instead of NXDOMAIN, so startup does
@@ -417,21 +497,37 @@ class Table:
             records = static_records(plan)
             for k in self.plan_names.get(plan.ident, set()) - set(records):
                 changes[k] = None
-            changes.update(records)
+            plan_routers = routers_for(plan, self.locator.region_order, self._builder)
+            data, nodes = self.zones[okey].data, self.nodes
+            for k, types in records.items():
+                # A name whose records did not change keeps its node: rebuilding it
+                # would give the same bytes. Without this a change to one endpoint
+                # rebuilt every name of the service, and each cluster's first list
+                # at startup every name of every service.
+                node = nodes.get(k)
+                if (
+                    k in plan_routers
+                    or k in changes
+                    or node is None
+                    or node.router is not None
+                    or not _same_plain(data.get(k), types)
+                ):
+                    changes[k] = types
             self.plans[plan.ident] = plan
             self.plan_names[plan.ident] = set(records)
-            routers.update(routers_for(plan, self.locator.region_order, self._builder))
+            routers.update(plan_routers)
         rebuilt = 0
         for okey, changes in by_zone.items():
             zone = self.zones[okey]
             affected = zone.update(changes)
             zone.tailored = {k for k in zone.tailored | routers.keys() if k in zone.data}
             # CNAME chains may lead into changed names: their cached answers go too.
-            affected.update(k for k, t in zone.data.items() if 5 in t)
+            affected.update(zone.cnames)
             nodes = self.nodes
+            nx = nx_template(zone)
             for k in affected:
                 if k in zone.names:
-                    node = build_node(zone, k)
+                    node = build_node(zone, k, nx)
                     if k in routers:
                         node.router = routers[k]
                     elif k not in changes and k in nodes:
@@ -472,79 +568,105 @@ class Table:
                 return node.answer_below(qtype)
         return None
 
-    def fast_reply(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
-        """The reply to a common query, read in place from its bytes; None: not handled here.
+    def respond(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
+        """The reply to one query packet, or None to stay silent.
 
-        Handled: opcode QUERY, one question of class IN for a name in our
-        zones, no answer or authority records, and no additional record or
-        one OPT (version 0, without ECS). All else, every error among it, is
-        left to the general path in ``respond``, which builds a ``Query``
-        and gives the same reply for what is handled here, only slower.
+        The common query is answered here, read in place from its bytes:
+        opcode QUERY, one question of class IN for a name in our zones, no
+        answer or authority records, and no additional record or one OPT
+        (version 0) with well-formed options, at most one of them ECS and that
+        one valid. Everything else, every error among it, goes to ``general``
+        (each ``return self.general(...)`` below), which builds a ``Query``
+        and gives the same reply for what is handled here, only slower. The
+        two are one function rather than two calls: a call is ~10 % of this.
         """
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:11] != b"\x00\x01\x00\x00\x00\x00\x00":
-            return None  # QR or an opcode set, or not one question and no records
+            # QR or an opcode set, or not one question and no records.
+            return self.general(data, tcp, addr)
         z = data.find(0, 12)  # where the name ends, if its labels are well formed
         qend = z + 5
         if qend > n or qend <= 12 or data[z + 3] or data[z + 4] != C_IN:
-            return None
+            return self.general(data, tcp, addr)
         qtype = (data[z + 1] << 8) | data[z + 2]
         if qtype in _NOT_FAST:
-            return None
+            return self.general(data, tcp, addr)
         ar = data[11]
         if ar == 0:
             if qend != n:
-                return None  # bytes after the question
+                return self.general(data, tcp, addr)  # bytes after the question
             opt = b""
             limit = 65535 if tcp else MIN_UDP_PAYLOAD
+            raw = sub = None
+            do = 0
         elif ar == 1:
-            # One OPT: root owner, type 41, version 0, options well formed, none of them ECS.
-            o = qend + 11
-            if o > n or data[qend : qend + 3] != b"\x00\x00\x29" or data[qend + 6]:
-                return None
-            oend = o + ((data[qend + 9] << 8) | data[qend + 10])
-            if oend != n:
-                return None  # the OPT runs past the packet, or bytes follow it
-            while o < oend:
-                if o + 4 > oend or data[o : o + 2] == b"\x00\x08":
-                    return None
-                o += 4 + ((data[o + 2] << 8) | data[o + 3])
-            if o != oend:
-                return None
-            opt = self.opt_do if data[qend + 7] & 0x80 else self.opt
+            # The OPT record is the rest of the packet. A resolver sends the same
+            # few (one per client subnet), so what it asks is memoized by its bytes.
+            rr = data[qend:]
+            edns = self._edns_memo.get(rr)
+            if edns is None:
+                edns = self._edns(rr)
+                if edns is None:
+                    return self.general(data, tcp, addr)
+                if len(rr) <= _EDNS_KEY_MAX:
+                    if len(self._edns_memo) >= _SUBNETS_MAX:
+                        self._edns_memo.clear()
+                    self._edns_memo[rr] = edns
+            limit, do, raw, sub, opt = edns
             if tcp:
                 limit = 65535
-            else:
-                limit = (data[qend + 3] << 8) | data[qend + 4]
-                if limit > self.max_udp:
-                    limit = self.max_udp
-                elif limit < MIN_UDP_PAYLOAD:
-                    limit = MIN_UDP_PAYLOAD
         else:
-            return None
+            return self.general(data, tcp, addr)
         nodes = self.nodes
         lname = data[12 : z + 1].lower()
         node = nodes.get(lname)
         if node is not None:
             # Keys are well-formed names, so a hit proves these labels are.
             router = node.router
-            if router is not None and router.handles(qtype):
-                # As the general path does for a query without ECS.
-                client, _ = self.locator.client(None, addr)
-                e, _ = router.answer(qtype, client)
+            hit = None
+            if router is not None:
+                # The client's place comes from the ECS subnet alone, or with the
+                # packet's source host, or (no ECS) from the host alone: the whole
+                # result is remembered per router under exactly that key.
+                key: tuple[Any, ...]
+                if sub is None:
+                    key = (qtype, None, addr[0] if isinstance(addr, tuple) else addr)
+                elif sub.free:
+                    key = (qtype, raw)
+                else:  # placed with the source, or not placed yet
+                    key = (qtype, raw, addr[0] if isinstance(addr, tuple) else addr)
+                memo = router.memo
+                hit = memo.get(key)
+                if hit is None and router.handles(qtype):
+                    cs = sub.cs if sub is not None else None
+                    e, scope, placement = self._routed(router, qtype, cs, addr)
+                    if sub is not None:
+                        hit = (e, self._reply_opts(sub, scope))
+                        if sub.free is None:
+                            sub.free = Locator.source_free(sub.cs, placement)
+                            if sub.free:
+                                key = (qtype, raw)
+                    else:
+                        hit = (e, None)
+                    if len(memo) >= _ROUTES_MAX:
+                        memo.clear()
+                    memo[key] = hit
+            if hit is not None:
+                e, opts = hit
+                if opts is not None:
+                    opt = opts[do]
             else:
-                e = node.exact.get(qtype)
-                if e is None:
-                    e = node.answer(qtype)
+                e = node.exact.get(qtype) or node.answer(qtype)  # an Entry is always true
         else:
             if z > 266 or self.waiting:
-                return None  # longer than 255 octets; or maybe a name not synced yet
+                # Longer than 255 octets; or maybe a name not synced yet.
+                return self.general(data, tcp, addr)
             # Up to the closest existing ancestor, checking label lengths on the
             # way; the ancestor is a key, hence well formed: so is the whole name.
             k = lname
             while True:
                 if len(k) < 2 or k[0] > 63:
-                    return None  # not in our zones, or malformed
+                    return self.general(data, tcp, addr)  # not in our zones, or malformed
                 k = k[k[0] + 1 :]
                 node = nodes.get(k)
                 if node is not None:
@@ -564,11 +686,76 @@ class Table:
             )
         )
 
-    def respond(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
-        """The reply to one query packet, or None to stay silent."""
-        reply = self.fast_reply(data, tcp, addr)
-        if reply is not None:
-            return reply
+    def _edns(self, rr: bytes) -> _Edns | None:
+        """What a query's OPT record (``rr``: the record, to the packet's end) asks
+        for; None when it is not one the fast path handles: root owner, type
+        OPT, version 0, options well formed, at most one ECS and that valid."""
+        n = len(rr)
+        if n < 11 or rr[:3] != b"\x00\x00\x29" or rr[6]:
+            return None
+        if 11 + ((rr[9] << 8) | rr[10]) != n:
+            return None  # the OPT runs past the packet, or bytes follow it
+        raw = None
+        o = 11
+        while o < n:
+            if o + 4 > n:
+                return None
+            olen = (rr[o + 2] << 8) | rr[o + 3]
+            if rr[o] == 0 and rr[o + 1] == OPT_ECS:
+                if raw is not None:
+                    return None  # a second ECS option: FORMERR, by the general path
+                raw = rr[o + 4 : o + 4 + olen]
+            o += 4 + olen
+        if o != n:
+            return None  # the last option runs past the OPT record
+        do = rr[7] >> 7
+        limit = max(MIN_UDP_PAYLOAD, min((rr[3] << 8) | rr[4], self.max_udp))
+        if raw is None:
+            return limit, do, None, None, self.opt_do if do else self.opt
+        sub = self._subnets.get(raw) or self._subnet(raw)
+        if sub is None:
+            return None  # a malformed ECS option: FORMERR, by the general path
+        # SCOPE 0, for every answer that does not depend on the client (RFC 7871 7.2.1).
+        return limit, do, raw, sub, sub.opts[0][do]
+
+    def _subnet(self, raw: bytes) -> _Subnet | None:
+        """Validate and remember one ECS option; None when it is malformed."""
+        try:
+            cs = parse_ecs(raw)
+        except FormErr:
+            return None
+        sub = _Subnet(cs, None, {})
+        self._reply_opts(sub, 0)
+        if len(self._subnets) >= _SUBNETS_MAX:
+            self._subnets.clear()
+        self._subnets[cs.raw] = sub
+        return sub
+
+    def _reply_opts(self, sub: _Subnet, scope: int) -> tuple[bytes, bytes]:
+        """The reply's OPT record echoing ``sub`` with ``scope``: (without DO, with DO)."""
+        pair = sub.opts.get(scope)
+        if pair is None:
+            cs = sub.cs
+            ecs = ecs_option(cs.family, cs.source, scope, cs.addr_bytes)
+            pair = (opt_record(self.max_udp, False, 0, ecs), opt_record(self.max_udp, True, 0, ecs))
+            sub.opts[scope] = pair
+        return pair
+
+    def _routed(
+        self, router: Router, qtype: int, subnet: ClientSubnet | None, addr: Any
+    ) -> tuple[Entry, int, Placement | None]:
+        """A router's answer for one client, the ECS SCOPE of the reply, and the placement."""
+        client, placement = self.locator.client(subnet, addr)
+        e, depends = router.answer(qtype, client)
+        scope = 0
+        if subnet is not None and placement is not None and depends != "nothing":
+            scope = router.scope(placement, depends, self.locator.localities, qtype)
+        elif subnet is not None and depends == "subnet":
+            scope = min(subnet.source, PRIVACY_PREFIX[subnet.family])
+        return e, scope, placement
+
+    def general(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
+        """The reply to any query packet (``respond`` without its fast path), or None."""
         if len(data) < 12 or data[2] & QR:
             return None
         try:
@@ -602,12 +789,7 @@ class Table:
             if node is not None:
                 router = node.router
                 if router is not None and router.handles(qtype):
-                    client, placement = self.locator.client(subnet, addr)
-                    e, depends = router.answer(qtype, client)
-                    if subnet is not None and placement is not None and depends != "nothing":
-                        scope = router.scope(placement, depends, self.locator.localities, qtype)
-                    elif subnet is not None and depends == "subnet":
-                        scope = min(subnet.source, PRIVACY_PREFIX[subnet.family])
+                    e, scope, _ = self._routed(router, qtype, subnet, addr)
                 else:
                     e = node.answer(qtype)
             else:

@@ -175,7 +175,17 @@ class Router:
     of wire concerns.
     """
 
-    __slots__ = ("_cache", "_family", "_scopes", "build", "kind", "plan", "port", "region_order")
+    __slots__ = (
+        "_cache",
+        "_family",
+        "_scopes",
+        "build",
+        "kind",
+        "memo",
+        "plan",
+        "port",
+        "region_order",
+    )
 
     def __init__(
         self,
@@ -193,6 +203,10 @@ class Router:
         self._cache: dict[tuple[int, object], tuple[Any, str]] = {}
         self._scopes: dict[int, Any] = {}
         self._family: dict[int, tuple[Candidate, ...]] = {}
+        # For the answer table's hot path: whole per-query results (Entry, OPT
+        # bytes) keyed by what the client's place came from, so a repeated
+        # client costs one lookup. Holds only what ``answer``/``scope`` give.
+        self.memo: dict[object, Any] = {}
 
     def scope(self, placement: Any, depends: str, localities: Any, qtype: int = 0) -> int:
         """The ECS SCOPE of this name's answer for ``placement``.

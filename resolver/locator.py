@@ -43,6 +43,13 @@ class Locator:
             self._clients[id(p)] = c
         return c, p
 
+    @staticmethod
+    def source_free(subnet: ClientSubnet, placement: Placement | None) -> bool:
+        """Whether ``client(subnet, addr)`` is the same for every ``addr``: an
+        ECS subnet placed by its own address (not SOURCE 0, which opts out, nor
+        an unmapped private address, both placed by the packet's source)."""
+        return subnet.source > 0 and (placement is None or placement.basis == "ecs")
+
     def describe(self, subnet: ClientSubnet | None, addr: Any) -> dict[str, Any]:
         """The locality rule a client matched, for the explain API."""
         client, p = self.client(subnet, addr)
