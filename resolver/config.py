@@ -15,6 +15,9 @@ import yaml
 
 from .wire import DEFAULT_UDP_PAYLOAD, MIN_UDP_PAYLOAD
 
+UDP_MODES = ("auto", "mmsg", "uvloop")  # dns.udp; resolver/udp.py picks for auto
+
+
 def _demo_config() -> Path:
     """zones/demo.yaml: from the checkout, or as installed (package ``resolver.demo``)."""
     here = Path(__file__).resolve().parent
@@ -53,6 +56,7 @@ class Config:
     max_udp_payload: int = DEFAULT_UDP_PAYLOAD
     workers: int = 1
     startup_wait: float = 5.0  # max seconds a query for a not-yet-synced federated name waits
+    udp: str = "auto"  # UDP transport: auto (mmsg where available), mmsg, uvloop (see udp.py)
     tcp: TcpConfig = TcpConfig()
     zones: tuple[ZoneConfig, ...] = ()
     admin: tuple[str, int] | None = None
@@ -168,7 +172,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
     base = path.parent if path is not None else Path.cwd()
 
     dns = r.mapping(top.get("dns"), "dns")
-    r.known(dns, "dns", {"listen", "max_udp_payload", "workers", "startup_wait"})
+    r.known(dns, "dns", {"listen", "max_udp_payload", "workers", "startup_wait", "udp"})
     listen = parse_hostport(dns.get("listen", "127.0.0.1:5300"), "dns.listen", 53)
     max_udp = r.integer(
         dns.get("max_udp_payload", DEFAULT_UDP_PAYLOAD),
@@ -178,6 +182,13 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
     )
     workers = r.integer(dns.get("workers", 1), "dns.workers", 1, 64)
     startup_wait = r.number(dns.get("startup_wait", 5.0), "dns.startup_wait", 0.0, 60.0)
+    udp = dns.get("udp", "auto")
+    if udp not in UDP_MODES:
+        raise r.fail(
+            "dns.udp",
+            f"{udp!r} is not one of {', '.join(UDP_MODES)} (auto: batched recvmmsg/sendmmsg "
+            "where the system has them, else uvloop)",
+        )
 
     t = r.mapping(top.get("tcp"), "tcp")
     r.known(t, "tcp", {"idle_timeout", "max_connections", "max_inflight"})
@@ -243,6 +254,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         max_udp_payload=max_udp,
         workers=workers,
         startup_wait=startup_wait,
+        udp=udp,
         tcp=tcp,
         zones=tuple(zones),
         admin=admin,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,7 @@ from .config import Config, ConfigError, load_config
 from .control import Control
 from .fedconfig import FederationConfig, parse_federation
 from .routing import Routing, parse_routing
+from .udp import MmsgServer, resolve_mode
 from .wire import SERVFAIL, header_only
 from .zone import Zone, key_of, load_zone_file
 
@@ -81,6 +84,9 @@ class Runtime:
         self.table = table
         self.cfg = cfg
         self.stats = Stats()
+        # Held by the mmsg UDP thread while it answers a batch, and by the loop
+        # thread while it changes the table in place: no query sees half an update.
+        self.lock = threading.Lock()
         self.synced = asyncio.Event()
         if table.waiting:
             # Never wait longer than this for the first sync, whatever happens.
@@ -92,6 +98,10 @@ class Runtime:
         self.table.waiting = ()
         self.synced.set()
 
+    def apply_plans(self, plans: Sequence[Any], removed: Sequence[Any]) -> None:
+        with self.lock:
+            self.table.apply_plans(plans, removed)
+
     def set_table(self, table: Table, cfg: Config) -> None:
         if self.synced.is_set():
             table.waiting = ()
@@ -102,14 +112,18 @@ class Runtime:
         try:
             resp = self.table.respond(data, tcp, addr)
         except Exception:  # never let one packet take the loop down
-            self.stats.errors += 1
-            log.exception("query_failed", size=len(data))
-            resp = header_only(data, SERVFAIL) if len(data) >= 12 and not data[2] & 0x80 else None
+            resp = self.failed(data)
         if resp:
             self.stats.rcodes[resp[3] & 0x0F] += 1
         elif resp is None:
             self.stats.dropped += 1
         return resp
+
+    def failed(self, data: bytes) -> bytes | None:
+        """The reply when answering raised: SERVFAIL if the header is readable."""
+        self.stats.errors += 1
+        log.exception("query_failed", size=len(data))
+        return header_only(data, SERVFAIL) if len(data) >= 12 and not data[2] & 0x80 else None
 
     async def answer_after_sync(self, data: bytes, tcp: bool, addr: Any) -> bytes | None:
         await self.synced.wait()
@@ -293,11 +307,20 @@ async def run_transports(
 ) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     conns: set[TcpProtocol] = set()
-    udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(rt), sock=udp_sock)
+    close_udp: Callable[[], None]
+    if resolve_mode(rt.cfg.udp) == "mmsg":
+        mmsg = MmsgServer(rt, udp_sock)
+        mmsg.start()
+        close_udp = mmsg.close
+    else:
+        udp_transport, _ = await loop.create_datagram_endpoint(
+            lambda: UdpProtocol(rt), sock=udp_sock
+        )
+        close_udp = udp_transport.close
     tcp_server = await loop.create_server(lambda: TcpProtocol(rt, conns), sock=tcp_sock)
 
     def close() -> None:
-        udp_transport.close()
+        close_udp()
         tcp_server.close()
         for c in list(conns):
             if c.transport is not None:
@@ -447,7 +470,8 @@ async def _serve_single(
     close = await run_transports(rt, udp_sock, tcp_sock)
 
     def publish(table: Table, plans: Sequence[Any], removed: Sequence[Any]) -> None:
-        table.apply_plans(plans, removed)
+        with rt.lock:  # the table the UDP thread may be reading
+            table.apply_plans(plans, removed)
 
     def on_reload(new_cfg: Config, new_inst: Instance) -> None:
         rt.set_table(new_inst.table, new_cfg)
@@ -505,7 +529,7 @@ async def _worker(
             return
         kind = msg[0]
         if kind == "plans":
-            rt.table.apply_plans(msg[1], msg[2])
+            rt.apply_plans(msg[1], msg[2])
         elif kind == "synced":
             rt.mark_synced()
         elif kind == "reload":
@@ -525,6 +549,10 @@ async def _worker(
                 return
 
     loop.add_reader(conn.fileno(), on_message)
+    # uvloop's add_reader turns the fd non-blocking, and Connection.recv/send of a
+    # message bigger than the socket buffer (plans for thousands of services) then
+    # fail half way (BlockingIOError) and leave the stream unreadable: keep it blocking.
+    os.set_blocking(conn.fileno(), True)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     reporter = loop.create_task(report())
     await stop.wait()
@@ -566,10 +594,13 @@ class WorkerPool:
         return slot
 
     def send(self, msg: Any) -> None:
+        from multiprocessing.reduction import ForkingPickler
+
+        buf = ForkingPickler.dumps(msg)  # once for all workers (what Connection.send does each time)
         for c in self.conns:
             # A dead worker's pipe fails here; the watchdog notices the death.
             with contextlib.suppress(OSError):
-                c.send(msg)
+                c.send_bytes(buf)
 
     def stop(self) -> None:
         for p in self.procs:
@@ -587,8 +618,10 @@ async def _serve_parent(
     retired: dict[str, Any] = {}  # counters of workers that died, so totals never go down
 
     def publish(table: Table, plans: Sequence[Any], removed: Sequence[Any]) -> None:
-        table.apply_plans(plans, removed)  # the parent's copy answers explain, and seeds respawns
+        # Workers first, so they rebuild while the parent does its own copy (nothing can
+        # run in between here: no explain answered, no worker respawned from a stale table).
         pool.send(("plans", list(plans), list(removed)))
+        table.apply_plans(plans, removed)  # the parent's copy answers explain, and seeds respawns
 
     def on_reload(new_cfg: Config, _inst: Instance) -> None:
         pool.cfg = new_cfg
@@ -607,6 +640,7 @@ async def _serve_parent(
                 worker_stats[i] = msg[1]
 
         loop.add_reader(c.fileno(), read)
+        os.set_blocking(c.fileno(), True)  # as in _worker: sends of big plans must not fail half way
 
     for i in range(len(pool.conns)):
         watch(i)
@@ -661,12 +695,16 @@ def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
     inst = load_instance(cfg)
+    try:
+        udp_mode = resolve_mode(cfg.udp)
+    except OSError as e:
+        raise ConfigError(f"{cfg.path}: {e}") from None
     install_uvloop()
     zones = [z.origin for z in cfg.zones]
     if workers <= 1:
         udp_sock, tcp_sock = bind_sockets(host, port, False)
         bound = udp_sock.getsockname()[1]
-        log.info("serving", dns=f"{host}:{bound}", zones=zones, workers=1)
+        log.info("serving", dns=f"{host}:{bound}", zones=zones, workers=1, udp=udp_mode)
         asyncio.run(_serve_single(cfg, inst, udp_sock, tcp_sock, admin))
         return 0
     # SO_REUSEPORT: every worker binds the same address and the kernel spreads
@@ -681,5 +719,5 @@ def serve(
     pool = WorkerPool(cfg, host, port)
     for _ in range(workers):
         pool.spawn(inst.table)
-    log.info("serving", dns=f"{host}:{port}", zones=zones, workers=workers)
+    log.info("serving", dns=f"{host}:{port}", zones=zones, workers=workers, udp=udp_mode)
     return asyncio.run(_serve_parent(cfg, inst, pool, admin))
