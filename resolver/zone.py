@@ -123,6 +123,7 @@ class Zone:
     # chain stops before them: RFC 7871 7.2.1 says to place only the CNAME, so a
     # resolver caches it with SCOPE 0 and asks for the target with ECS itself.
     tailored: set[bytes] = field(default_factory=set)
+    cnames: set[bytes] = field(default_factory=set)  # owners of a CNAME (kept by update)
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -131,6 +132,7 @@ class Zone:
         self.names = set()
         self.cuts = set()
         self.children = {}
+        self.cnames = {k for k, types in self.data.items() if T_CNAME in types}
         for k, types in self.data.items():
             if k != self.okey and T_NS in types:
                 self.cuts.add(k)
@@ -151,6 +153,10 @@ class Zone:
             if not is_below_or_at(k, self.okey) or k == self.okey:
                 continue  # the apex (SOA/NS) only changes with the zone file
             affected.add(k)
+            if types and T_CNAME in types:
+                self.cnames.add(k)
+            else:
+                self.cnames.discard(k)
             if types:
                 self.data[k] = types
                 if T_NS in types:
