@@ -184,14 +184,17 @@ def _spawn(name: str, argv: list[str], tmp: Path, port: int, cwd: Path) -> Serve
     return Server(name, proc, port, log)
 
 
-def start_fedns(workers: int, baseline: bool = False) -> Callable[[Path], Server]:
+def start_fedns(
+    workers: int, baseline: bool = False, udp: str | None = None
+) -> Callable[[Path], Server]:
     def start(tmp: Path) -> Server:
         port = free_port()
-        name = f"{'baseline' if baseline else 'fedns'}{workers}"
+        name = f"{'baseline' if baseline else 'fedns'}{workers}" + (f"-{udp}" if udp else "")
         cfg = tmp / f"{name}.yaml"
         cfg.write_text(
             f"dns:\n  listen: 127.0.0.1:{port}\n  workers: {workers}\n"
-            f"log:\n  level: warning\n"
+            + (f"  udp: {udp}\n" if udp else "")
+            + f"log:\n  level: warning\n"
             f"zones:\n  - origin: {ORIGIN}\n    file: {tmp / ZONE_FILE.name}\n"
         )
         argv = [sys.executable, "-m", "resolver.cli", "serve", "-c", str(cfg)]
@@ -642,6 +645,11 @@ def main() -> int:
         help="also serve fedns (1 worker) from this older source tree, interleaved with the "
         "others: a before/after comparison under the same conditions",
     )
+    ap.add_argument(
+        "--udp",
+        help="comma-separated UDP transports (dns.udp: mmsg, uvloop): adds servers "
+        "fedns1-MODE and fedns2-MODE, e.g. --udp mmsg,uvloop --only fedns1-mmsg,fedns1-uvloop",
+    )
     args = ap.parse_args()
     global FEDNS_SRC, BASELINE
     if args.fedns_src is not None:
@@ -657,6 +665,12 @@ def main() -> int:
             f"fedns, 1 worker, baseline `{BASELINE.name}`",
             start_fedns(1, True),
         )
+    for mode in args.udp.split(",") if args.udp else ():
+        for n in (1, 2):
+            SERVERS[f"fedns{n}-{mode}"] = (
+                f"fedns, {n} worker{'s' if n > 1 else ''}, udp: {mode}",
+                start_fedns(n, udp=mode),
+            )
     keys = args.only.split(",") if args.only else list(SERVERS)
     unknown = [k for k in keys if k not in SERVERS]
     if unknown:
