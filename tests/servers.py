@@ -33,6 +33,14 @@ DATA = Path(__file__).resolve().parent / "data"
 LOOPBACK = "127.0.0.1"
 
 # The test zone with every record type and rule (the differential test's zone too).
+# The federation zone of the routing/ECS tests: just SOA and NS, the names come from clusters.
+FED_ORIGIN = "global.example.test."
+FED_ZONE = f"""$ORIGIN {FED_ORIGIN}
+$TTL 300
+@       IN SOA ns1 hostmaster 1 3600 600 1209600 30
+@       IN NS  ns1
+ns1     IN A   127.0.0.53
+"""
 RICH_ORIGIN = "rich.example.test."
 RICH_ZONE = DATA / "rich.example.test.zone"
 # CH-class answers are opt-in; the rich server configures both (the demo does not).

@@ -38,18 +38,12 @@ import dns.rdatatype
 import pytest
 from dnsclient import make
 from refservers import DNSDIST, _start, have, start_dnsdist, wait_zone
-from servers import LOOPBACK, ServerProcess, start_fedns, write_config
+from servers import FED_ORIGIN, FED_ZONE, LOOPBACK, ServerProcess, start_fedns, write_config
 from test_ecs_conformance import ecs_options
 
 pytestmark = pytest.mark.reference
 
-ORIGIN = "global.example.test."
-ZONE = f"""$ORIGIN {ORIGIN}
-$TTL 300
-@       IN SOA ns1 hostmaster 1 3600 600 1209600 30
-@       IN NS  ns1
-ns1     IN A   127.0.0.53
-"""
+ORIGIN, ZONE = FED_ORIGIN, FED_ZONE
 EAST, WEST = "127.1.0.1", "127.2.0.1"
 FEDERATION: dict[str, Any] = {
     "zone": ORIGIN,

@@ -34,15 +34,9 @@ import dns.rdatatype
 import yaml
 from dnsclient import make
 from fakekube import FakeKube, endpoint, write_kubeconfig
-from servers import FednsFactory, ServerProcess, free_port
+from servers import FED_ORIGIN, FED_ZONE, FednsFactory, ServerProcess, free_port
 
-ORIGIN = "global.example.test."
-ZONE = f"""$ORIGIN {ORIGIN}
-$TTL 300
-@       IN SOA ns1 hostmaster 1 3600 600 1209600 30
-@       IN NS  ns1
-ns1     IN A   127.0.0.53
-"""
+ORIGIN, ZONE = FED_ORIGIN, FED_ZONE
 
 CLUSTERS = {
     "east": ("us-east", "us-east-1a"),
