@@ -149,7 +149,7 @@ def run_fakes(clusters: int, services: int, endpoints: int) -> None:
                     if fut is not None and not fut.done():
                         fut.set_result(time.monotonic())
 
-            kube._line = line  # type: ignore[method-assign]
+            kube._line = line
 
         def populate(c: int) -> None:
             k = fakes[f"c{c}"]
@@ -277,7 +277,7 @@ def write_fedns_config(workdir: Path, fakes: Fakes, defaults: dict[str, Any] | N
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "zone.db").write_text(ZONE)
     kubes = {n: SimpleNamespace(url=u) for n, u in fakes.urls.items()}
-    fed = federation_config(kubes, workdir)  # type: ignore[arg-type]
+    fed = federation_config(kubes, workdir)
     if defaults:
         fed["defaults"] = defaults
     doc = {"zones": [{"origin": ORIGIN, "file": "zone.db"}], "federation": fed}
@@ -287,7 +287,7 @@ def write_fedns_config(workdir: Path, fakes: Fakes, defaults: dict[str, Any] | N
 
 
 def children(pid: int) -> list[int]:
-    out = []
+    out: list[int] = []
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as f:
@@ -740,8 +740,15 @@ def part_scale(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     )
                 except RuntimeError as e:
                     say(f"   GAVE UP: {str(e)[:300]}")
+                    text = sp.output()
+                    lt = log_times(text, t0_wall)
                     out[f"w{workers}"] = {
-                        "failed": f"no answers within {args.startup_deadline:.0f} s"
+                        "failed": "not every worker answered the sample within "
+                        f"{args.startup_deadline:.0f} s (fedns log: every cluster listed at "
+                        f"{lt.get('clusters_synced', float('nan')):.1f} s, first full publish at "
+                        f"{lt.get('published', float('nan')):.1f} s, "
+                        f"{text.count('cluster stale')} 'cluster stale' and "
+                        f"{text.count('worker_died')} 'worker_died' events)"
                     }
                     continue
                 r: dict[str, Any] = {
@@ -858,9 +865,11 @@ def report(small: dict[str, Any] | None, scale: dict[str, Any] | None, cmd: str,
     if scale is not None:
         C, S, E = scale["shape"]
         w1, w2 = scale.get("w1"), scale.get("w2")
-        for x in (w1, w2):
-            if x is not None and "failed" in x:
-                lines.append(f"- fedns {'1 worker' if x is w1 else '2 workers'}: {x['failed']}")
+        failed = [
+            f"- fedns {'1 worker' if x is w1 else '2 workers'}: {x['failed']}"
+            for x in (w1, w2)
+            if x is not None and "failed" in x
+        ]
         if w1 is not None and "failed" in w1:
             w1 = None
         if w2 is not None and "failed" in w2:
@@ -875,6 +884,8 @@ def report(small: dict[str, Any] | None, scale: dict[str, Any] | None, cmd: str,
             f"### Scale: {C} clusters x {S:,} services x {E} endpoints ({C * S * E:,} endpoints, "
             f"the same {S:,} services in every cluster), one fedns instance",
             "",
+        ]
+        table = [
             f"| measure | {head} | goal |",
             "|---|" + "---:|" * len(cols) + "---|",
             row(
@@ -934,6 +945,10 @@ def report(small: dict[str, Any] | None, scale: dict[str, Any] | None, cmd: str,
                 ),
             ),
             "",
+        ]
+        lines += table if cols else []
+        lines += [
+            *failed,
             f"- the fakes are filled with {C * S * 2:,} objects in {scale['fake_populate_s']:.1f} s "
             "(before fedns starts; not in any figure above).",
             "",
