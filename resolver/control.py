@@ -50,6 +50,8 @@ class Control:
         self.probe = probe
         self.prober: Prober | None = None
         self._targets: dict[ServiceKey, dict[Target, ProbeSpec]] = {}
+        self.holding = True  # see release()
+        self._held: set[ServiceKey] = set()
         self._task: asyncio.Task[None] | None = None
         self._unsub: Callable[[], None] | None = None
 
@@ -125,7 +127,23 @@ class Control:
             self._since[k] = prev
         return replace(c, since=prev[1])
 
+    def release(self) -> None:
+        """Stop holding: publish everything the registry knows, then follow changes.
+
+        Until the first full sync (or the startup bound) changes are only noted:
+        every cluster's initial lists would otherwise republish each service once
+        per list, blocking the loop for seconds at scale, for answers that queries
+        held by ``dns.startup_wait`` would not see anyway."""
+        if not self.holding:
+            return
+        self.holding = False
+        self.on_change(self.registry.keys() | self._held)
+        self._held = set()
+
     def on_change(self, keys: frozenset[ServiceKey]) -> None:
+        if self.holding:
+            self._held.update(keys)
+            return
         plans: list[ServicePlan] = []
         removed: list[tuple[str, str, str]] = []
         for key in keys:

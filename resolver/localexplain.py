@@ -27,7 +27,7 @@ def explain_locally(cfg: Config, name: str, qtype: str, subnet: str | None, time
                 if not await control.registry.wait_synced(timeout):
                     status = control.ready()[1]
                     raise TimeoutError(f"{status} after {timeout:.0f} s; is the cluster reachable?")
-                control.on_change(control.registry.keys())
+                control.release()
             finally:
                 await control.stop()
         return explain(inst.table, name, qtype, subnet)

@@ -418,12 +418,18 @@ class Supervisor:
         await control.start()
 
         async def first_sync() -> None:
-            await control.registry.wait_synced()
+            # Every cluster listed, or the startup bound passed (a cluster that is
+            # down must not keep the others' services unpublished).
+            wait = self.cfg.startup_wait
+            synced = await control.registry.wait_synced(wait) if wait > 0 else control.registry.is_synced()
             if self.control is control:
-                # Publish everything now rather than after the registry's coalescing
-                # timer, so nothing is still missing when the waiting queries retry.
-                control.on_change(control.registry.keys())
-                log.info("federation_synced", clusters=len(fed.clusters), services=len(control.plans))
+                control.release()
+                log.info(
+                    "federation_synced" if synced else "federation_published_before_sync",
+                    clusters=len(fed.clusters),
+                    services=len(control.plans),
+                    waiting=[n for n, st in control.registry.cluster_status().items() if not st.synced],
+                )
                 self._on_synced()
 
         self._sync_task = asyncio.get_running_loop().create_task(first_sync())
