@@ -356,6 +356,12 @@ def nx_template(zone: Zone) -> Entry:
     return compile_template(Resolution(3, True, (), (zone.negative_soa(),)), zone.okey, None)
 
 
+def nodata_template(zone: Zone) -> Entry:
+    """NODATA at any name of ``zone`` (no CNAME there): the same bytes as ``nx_template``
+    with NOERROR, so one entry serves every name instead of one compile per name."""
+    return compile_template(Resolution(0, True, (), (zone.negative_soa(),)), zone.okey, None)
+
+
 def _same_resolution(a: Resolution, b: Resolution) -> bool:
     """The same sections of the same RRset objects: compiled, the same bytes."""
     return (
@@ -368,10 +374,12 @@ def _same_resolution(a: Resolution, b: Resolution) -> bool:
     )
 
 
-def build_node(zone: Zone, k: bytes, nx: Entry | None = None) -> Node:
+def build_node(
+    zone: Zone, k: bytes, nx: Entry | None = None, nodata: Entry | None = None
+) -> Node:
     """Precompute one name's node (the name must be in ``zone.names``).
 
-    ``nx``: the zone's ``nx_template``, when the caller builds many nodes."""
+    ``nx``, ``nodata``: the zone's templates, when the caller builds many nodes."""
     types = zone.data.get(k, {})
     qname = label_of(k)
     cut = zone.cut_above(k)
@@ -392,7 +400,7 @@ def build_node(zone: Zone, k: bytes, nx: Entry | None = None) -> Node:
             e = compile_exact(res, qname, t)
             done.append((res, e))
         exact[t] = e
-    default = None if 5 in types else compile_exact(zone.resolve(k, 0), qname, 0)
+    default = None if 5 in types else (nodata if nodata is not None else nodata_template(zone))
     wkey = WILDCARD + k
     if wkey in zone.data:
         return Node(zone, k, exact, default, None, wkey)
@@ -401,8 +409,8 @@ def build_node(zone: Zone, k: bytes, nx: Entry | None = None) -> Node:
 
 def build_nodes(zone: Zone) -> dict[bytes, Node]:
     """Precompute the nodes of one zone."""
-    nx = nx_template(zone)
-    nodes = {k: build_node(zone, k, nx) for k in zone.names}
+    nx, nodata = nx_template(zone), nodata_template(zone)
+    nodes = {k: build_node(zone, k, nx, nodata) for k in zone.names}
     assert zone.okey in nodes
     return nodes
 
@@ -524,10 +532,10 @@ class Table:
             # CNAME chains may lead into changed names: their cached answers go too.
             affected.update(zone.cnames)
             nodes = self.nodes
-            nx = nx_template(zone)
+            nx, nodata = nx_template(zone), nodata_template(zone)
             for k in affected:
                 if k in zone.names:
-                    node = build_node(zone, k, nx)
+                    node = build_node(zone, k, nx, nodata)
                     if k in routers:
                         node.router = routers[k]
                     elif k not in changes and k in nodes:
