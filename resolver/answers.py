@@ -57,7 +57,6 @@ from .wire import (
     T_TXT,
     TC,
     FormErr,
-    Query,
     error_reply,
     header_only,
     opt_record,
@@ -471,19 +470,6 @@ class Table:
         self.waiting: tuple[bytes, ...] = ()
         self.plan_names: dict[tuple[str, str, str], set[bytes]] = {}
 
-    def replace_zone(self, zone: Zone) -> None:
-        """Swap one zone's nodes in (names that left the zone disappear)."""
-        old = self.zones.get(zone.okey)
-        new_nodes = build_nodes(zone)
-        nodes = dict(self.nodes)
-        if old is not None:
-            for k in old.names:
-                if nodes.get(k) is not None and nodes[k].zone is old:
-                    del nodes[k]
-        nodes.update(new_nodes)
-        self.zones[zone.okey] = zone
-        self.nodes = nodes  # one reference swap: readers never see a half-built table
-
     # -- federation -----------------------------------------------------------
 
     def apply_plans(
@@ -863,7 +849,3 @@ def _class_any(e: Entry, qname_len: int) -> Entry:
         if (body[pos] << 8) | body[pos + 1] == T_SOA:
             return e.prefix(start, drop_flags=AA)
     return e.prefix(e.size, drop_flags=AA)
-
-
-def query_for(q: Query) -> str:  # pragma: no cover - debugging helper
-    return f"{q.lname!r}/{q.qtype}"

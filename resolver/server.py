@@ -60,10 +60,6 @@ def load_instance(cfg: Config) -> Instance:
     return Instance(table, fed, routing)
 
 
-def build_table(cfg: Config) -> Table:
-    return load_instance(cfg).table
-
-
 @dataclass
 class Stats:
     """Plain counters on the hot path; exported at scrape time (no locks per query)."""

@@ -416,17 +416,6 @@ def _tname(t: int) -> str:
     return dns.rdatatype.to_text(t)  # type: ignore[arg-type]
 
 
-def merged(zone: Zone, extra: Mapping[bytes, dict[int, RRset]]) -> Zone:
-    """A copy of ``zone`` with the names in ``extra`` replaced (used for federation data)."""
-    data = dict(zone.data)
-    for k, types in extra.items():
-        if types:
-            data[k] = types
-        else:
-            data.pop(k, None)
-    return Zone(zone.origin, zone.okey, data)
-
-
 __all__ = [
     "RRset",
     "Resolution",
