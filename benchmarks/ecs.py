@@ -63,8 +63,7 @@ from servers import start_fedns  # noqa: E402
 
 CONFIG = HERE / "ecs-bench.yaml"
 NAME = "web.bench"  # the service's name inside the zone
-RESULTS = HERE / "RESULTS.md"
-BEGIN, END = "<!-- ecs:begin -->", "<!-- ecs:end -->"
+from results import replace_section  # noqa: E402
 
 # Goals from issue 4, as ratios measured in the same run.
 GOAL_CPU_VS_GDNSD = 1.5  # fedns CPU per tailored answer <= 1.5x gdnsd's
@@ -258,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report)
     if not args.quick and not args.only and not args.fedns:
-        write_results(report)
+        replace_section("ecs", report)
     return 0
 
 
@@ -335,18 +334,6 @@ def _cpus() -> int:
     import os
 
     return os.cpu_count() or 0
-
-
-def write_results(report: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{report}{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _old, tail = rest.split(END, 1)
-        text = head + block + tail.lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(text)
 
 
 if __name__ == "__main__":

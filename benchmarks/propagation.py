@@ -77,9 +77,8 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 import dns.message  # noqa: E402
 import dns.rdatatype  # noqa: E402
+from results import RESULTS, replace_section  # noqa: E402
 
-RESULTS = HERE / "RESULTS.md"
-BEGIN, END = "<!-- propagation:begin -->", "<!-- propagation:end -->"
 NOTES = "<!-- propagation:notes -->"  # from here to END: analysis by hand, kept by runs
 ORIGIN = "global.example.test."
 ZONE = f"""$ORIGIN {ORIGIN}
@@ -956,19 +955,6 @@ def report(small: dict[str, Any] | None, scale: dict[str, Any] | None, cmd: str,
     return "\n".join(lines) + "\n"
 
 
-def write_results(text: str) -> None:
-    """Replace the section's tables; hand-written analysis after NOTES in it is kept."""
-    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        old, tail = rest.split(END, 1)
-        notes = NOTES + old.split(NOTES, 1)[1] if NOTES in old else ""
-        doc = head + f"{BEGIN}\n{text}{notes}{END}\n" + tail.lstrip("\n")
-    else:
-        doc = doc.rstrip("\n") + f"\n\n{BEGIN}\n{text}{END}\n"
-    RESULTS.write_text(doc)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--flips", type=int, default=200, help="flips per fedns in part 1")
@@ -1020,7 +1006,7 @@ def main() -> int:
     say(f"\n(total {time.monotonic() - started:.0f} s)\n")
     print(text)
     if not args.quick and not args.no_write:
-        write_results(text)
+        replace_section("propagation", text, keep_after=NOTES)
         say(f"(written to {RESULTS.relative_to(REPO)})")
     return 0
 

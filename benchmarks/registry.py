@@ -50,8 +50,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-RESULTS = HERE / "RESULTS.md"
-BEGIN, END = "<!-- registry:begin -->", "<!-- registry:end -->"
+from results import RESULTS, replace_section  # noqa: E402
+
 GOAL_SYNC_S = 15.0
 GOAL_RSS_MB = 400.0
 
@@ -303,18 +303,6 @@ def report(r: dict[str, Any], cmd: str) -> str:
     )
 
 
-def write_results(text: str) -> None:
-    doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{text}{END}\n"
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        doc = head + block + tail.lstrip("\n")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(doc)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clusters", type=int, default=10)
@@ -347,7 +335,7 @@ def main() -> None:
     print()
     print(text)
     if not args.quick:
-        write_results(text)
+        replace_section("registry", text)
         print(f"(written to {RESULTS.relative_to(ROOT)})")
 
 
