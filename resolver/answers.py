@@ -62,7 +62,7 @@ from .wire import (
     opt_record,
     parse_query,
 )
-from .zone import WILDCARD, Resolution, RRset, Zone, key_of, label_of, parent
+from .zone import WILDCARD, Lazy, Resolution, RRset, Zone, key_of, label_of, parent
 
 _COUNTS = struct.Struct(">HHHH")
 _PTR = struct.Struct(">H")
@@ -79,6 +79,9 @@ _SUBNETS_MAX = 1 << 16  # distinct ECS options remembered per table; cleared who
 # so a replaced router's memo goes with it.
 _ROUTES_MAX = 1 << 12
 _EDNS_KEY_MAX = 96  # longer OPT records (padding, big cookies) are not memoized
+# Nodes of compact address-only names (Zone.lazy) built on first query and kept;
+# past this many they are all dropped and built again as asked.
+_LAZY_NODES_MAX = 1 << 16
 
 
 @dataclass(slots=True)
@@ -368,18 +371,30 @@ def _same_resolution(a: Resolution, b: Resolution) -> bool:
         and a.aa == b.aa
         and all(
             len(x) == len(y) and all(r is q for r, q in zip(x, y, strict=True))
-            for x, y in ((a.answer, b.answer), (a.authority, b.authority), (a.additional, b.additional))
+            for x, y in (
+                (a.answer, b.answer),
+                (a.authority, b.authority),
+                (a.additional, b.additional),
+            )
         )
     )
 
 
 def build_node(
-    zone: Zone, k: bytes, nx: Entry | None = None, nodata: Entry | None = None
+    zone: Zone,
+    k: bytes,
+    nx: Entry | None = None,
+    nodata: Entry | None = None,
+    routed: bool = False,
 ) -> Node:
     """Precompute one name's node (the name must be in ``zone.names``).
 
-    ``nx``, ``nodata``: the zone's templates, when the caller builds many nodes."""
-    types = zone.data.get(k, {})
+    ``nx``, ``nodata``: the zone's templates, when the caller builds many nodes.
+    ``routed``: a name whose Router answers its A/AAAA/SRV: the other types
+    (ANY, QCLASS=ANY, CNAME chains, NODATA) are compiled when first asked, as
+    a federated service's records (hundreds of addresses, SRV targets with their
+    addresses) would be compiled at every change for answers rarely asked."""
+    types = zone.records(k) or {}
     qname = label_of(k)
     cut = zone.cut_above(k)
     exact: dict[int, Entry] = {}
@@ -390,7 +405,7 @@ def build_node(
         ref_below = compile_template(zone.resolve(cut, 1), k, None)
         return Node(zone, k, exact, referral, ref_below, None)
     done: list[tuple[Resolution, Entry]] = []
-    for t in (*types, 255):
+    for t in () if routed else (*types, 255):
         res = zone.resolve(k, t)
         # ANY answers with one RRset, often exactly what that type's query gets:
         # the entry (whose bytes do not depend on the question's type) is shared.
@@ -399,7 +414,9 @@ def build_node(
             e = compile_exact(res, qname, t)
             done.append((res, e))
         exact[t] = e
-    default = None if 5 in types else (nodata if nodata is not None else nodata_template(zone))
+    default = (
+        None if 5 in types or routed else (nodata if nodata is not None else nodata_template(zone))
+    )
     wkey = WILDCARD + k
     if wkey in zone.data:
         return Node(zone, k, exact, default, None, wkey)
@@ -409,7 +426,7 @@ def build_node(
 def build_nodes(zone: Zone) -> dict[bytes, Node]:
     """Precompute the nodes of one zone."""
     nx, nodata = nx_template(zone), nodata_template(zone)
-    nodes = {k: build_node(zone, k, nx, nodata) for k in zone.names}
+    nodes = {k: build_node(zone, k, nx, nodata) for k in zone.names if k not in zone.lazy}
     assert zone.okey in nodes
     return nodes
 
@@ -469,6 +486,10 @@ class Table:
         # delays queries the same way). Cleared at first sync or after a bound.
         self.waiting: tuple[bytes, ...] = ()
         self.plan_names: dict[tuple[str, str, str], set[bytes]] = {}
+        # Zones with compact names (Zone.lazy), their NXDOMAIN/NODATA templates,
+        # and which nodes were built from compact names (dropped when too many).
+        self._lazy_zones: tuple[tuple[Zone, Entry, Entry], ...] = ()
+        self._lazy_built: set[bytes] = set()
 
     # -- federation -----------------------------------------------------------
 
@@ -476,7 +497,7 @@ class Table:
         self, plans: Sequence[ServicePlan], removed: Sequence[tuple[str, str, str]] = ()
     ) -> int:
         """Publish changed services; rebuild only the names they touch. Returns names rebuilt."""
-        by_zone: dict[bytes, dict[bytes, dict[int, RRset] | None]] = {}
+        by_zone: dict[bytes, dict[bytes, dict[int, RRset] | Lazy | None]] = {}
         routers: dict[bytes, Router] = {}
         for ident in removed:
             self.plans.pop(ident, None)
@@ -492,8 +513,17 @@ class Table:
             for k in self.plan_names.get(plan.ident, set()) - set(records):
                 changes[k] = None
             plan_routers = routers_for(plan, self.locator.region_order, self._builder)
-            data, nodes = self.zones[okey].data, self.nodes
+            zone = self.zones[okey]
+            data, lazy, nodes = zone.data, zone.lazy, self.nodes
             for k, types in records.items():
+                if isinstance(types, Lazy):
+                    old = lazy.get(k)
+                    if old is None:
+                        if types.exists() or k in data or k in changes or k in plan_routers:
+                            changes[k] = types
+                    elif old != types or k in changes or k in plan_routers:
+                        changes[k] = types
+                    continue
                 # A name whose records did not change keeps its node: rebuilding it
                 # would give the same bytes. Without this a change to one endpoint
                 # rebuilt every name of the service, and each cluster's first list
@@ -514,23 +544,50 @@ class Table:
         for okey, changes in by_zone.items():
             zone = self.zones[okey]
             affected = zone.update(changes)
-            zone.tailored = {k for k in zone.tailored | routers.keys() if k in zone.data}
+            zone.tailored = {
+                k for k in zone.tailored | routers.keys() if k in zone.data or k in zone.lazy
+            }
             # CNAME chains may lead into changed names: their cached answers go too.
             affected.update(zone.cnames)
             nodes = self.nodes
             nx, nodata = nx_template(zone), nodata_template(zone)
+            lazy = zone.lazy
             for k in affected:
-                if k in zone.names:
-                    node = build_node(zone, k, nx, nodata)
-                    if k in routers:
-                        node.router = routers[k]
-                    elif k not in changes and k in nodes:
-                        node.router = nodes[k].router  # rebuilt as an ancestor: same service
+                router = routers.get(k)
+                if router is None and k not in changes and k in nodes:
+                    router = nodes[k].router  # rebuilt as an ancestor: same service
+                if k in lazy and router is None and WILDCARD + k not in zone.data:
+                    # Built when asked for (``_lazy_node``). With a wildcard child it
+                    # is built now: the fast path's walk up from a name below it
+                    # must find it, as it skips the compact names it passes.
+                    nodes.pop(k, None)
+                    self._lazy_built.discard(k)
+                elif k in zone.names:
+                    node = build_node(zone, k, nx, nodata, router is not None)
+                    node.router = router
                     nodes[k] = node
                 else:
                     nodes.pop(k, None)
                 rebuilt += 1
+        self._lazy_zones = tuple(
+            (z, nx_template(z), nodata_template(z)) for z in self.zones.values() if z.lazy
+        )
         return rebuilt
+
+    def _lazy_node(self, lname: bytes) -> Node | None:
+        """The node of a compact name (``Zone.lazy``), built now; None if there is none."""
+        for zone, nx, nodata in self._lazy_zones:
+            if lname in zone.lazy:
+                if len(self._lazy_built) >= _LAZY_NODES_MAX:
+                    # Swapped first: a thread answering meanwhile adds to the new set.
+                    built, self._lazy_built = self._lazy_built, set()
+                    for k in list(built):
+                        self.nodes.pop(k, None)
+                node = build_node(zone, lname, nx, nodata)
+                self.nodes[lname] = node
+                self._lazy_built.add(lname)
+                return node
+        return None
 
     def _builder(self, owner: str) -> Callable[[RRset | None, int], Entry]:
         qname = DNSLabel(owner)
@@ -550,7 +607,7 @@ class Table:
 
     def find(self, lname: bytes, qtype: int) -> Entry | None:
         """The entry for a (lowercased wire name, type); None when not our zone."""
-        node = self.nodes.get(lname)
+        node = self.nodes.get(lname) or self._lazy_node(lname)
         if node is not None:
             return node.answer(qtype)
         k = lname
@@ -558,6 +615,8 @@ class Table:
         while k != b"\x00":
             k = k[k[0] + 1 :]
             node = nodes.get(k)
+            if node is None and self._lazy_zones:
+                node = self._lazy_node(k)
             if node is not None:
                 return node.answer_below(qtype)
         return None
@@ -614,6 +673,8 @@ class Table:
         nodes = self.nodes
         lname = data[12 : z + 1].lower()
         node = nodes.get(lname)
+        if node is None and self._lazy_zones:
+            node = self._lazy_node(lname)
         if node is not None:
             # Keys are well-formed names, so a hit proves these labels are.
             router = node.router
@@ -664,6 +725,9 @@ class Table:
                 k = k[k[0] + 1 :]
                 node = nodes.get(k)
                 if node is not None:
+                    if node.wildcard is not None and self._lazy_zones:
+                        # A compact name between it and the question would stop the wildcard.
+                        return self.general(data, tcp, addr)
                     e = node.answer_below(qtype)
                     break
         fixed = qend + len(opt)
@@ -779,7 +843,7 @@ class Table:
         qtype = q.qtype
         scope = 0
         if q.qclass == C_IN:
-            node = self.nodes.get(q.lname)
+            node = self.nodes.get(q.lname) or self._lazy_node(q.lname)
             if node is not None:
                 router = node.router
                 if router is not None and router.handles(qtype):

@@ -32,7 +32,7 @@ from dnslib import AAAA, SRV, A, DNSLabel
 
 from .policy import Candidate, Client, Decision, Policy, decide, policy_fields, with_fields
 from .wire import T_A, T_AAAA, T_SRV
-from .zone import RRset, key_of
+from .zone import Addresses, Lazy, RRset, key_of
 
 _LABEL_OK = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 
@@ -135,29 +135,60 @@ def srv_owner(plan: ServicePlan, port: PlanPort) -> str:
     return f"_{port.name}._{port.protocol}.{plan.base}"
 
 
-def static_records(plan: ServicePlan) -> dict[bytes, dict[int, RRset]]:
+_NONE = Addresses(0, (), ())
+
+
+def _addresses(cands: Sequence[Candidate], ttl: int) -> Addresses:
+    if len(cands) == 1:
+        return Addresses(ttl, cands[0].v4, cands[0].v6)
+    v4 = tuple(dict.fromkeys(a for c in cands for a in c.v4))
+    v6 = tuple(dict.fromkeys(a for c in cands for a in c.v6))
+    return Addresses(ttl, v4, v6) if v4 or v6 else _NONE
+
+
+@dataclass(frozen=True, slots=True)
+class _Srv(Lazy):
+    """A service port's SRV name: every healthy endpoint (all when none is), one tier."""
+
+    plan: ServicePlan
+    port: PlanPort
+
+    def exists(self) -> bool:
+        return bool(self.plan.candidates)
+
+    def rrsets(self, key: bytes) -> dict[int, RRset]:
+        plan = self.plan
+        healthy = tuple(c for c in plan.candidates if c.healthy) or plan.candidates
+        everyone = Decision((plan.candidates,), healthy, (), "nothing")
+        rs = _srv_rrset(srv_owner(plan, self.port), plan, self.port, everyone)
+        return {T_SRV: rs} if rs is not None else {}
+
+
+def static_records(plan: ServicePlan) -> dict[bytes, dict[int, RRset] | Lazy]:
     """The plan's names with location-independent records.
 
     Location-dependent names carry here the records of every healthy endpoint
     (all of them when none is healthy): that is what ANY, CNAME chains into the
     name and the zone's NODATA logic see; the Router replaces A/AAAA/SRV per client.
+    All are ``Lazy`` (compact until asked for; without records the name does not exist).
     """
     ttl = plan.policy.ttl
-    out: dict[bytes, dict[int, RRset]] = {}
+    out: dict[bytes, dict[int, RRset] | Lazy] = {}
     healthy = [c for c in plan.candidates if c.healthy] or list(plan.candidates)
-    out[key_of(plan.base)] = _addr_rrsets(plan.base, healthy, ttl)
+    out[key_of(plan.base)] = _addresses(healthy, ttl)
+    members_of: dict[str, list[Candidate]] = {cl: [] for cl in plan.clusters}
+    for c in plan.candidates:
+        members_of.setdefault(c.cluster, []).append(c)
+    suffix = key_of(plan.base)
     for cluster in plan.clusters:
-        members = [c for c in plan.candidates if c.cluster == cluster]
-        owner = f"{cluster}.{plan.base}"
+        members = members_of[cluster]
+        ckey = key_of(cluster)[:-1] + suffix
         ok = [c for c in members if c.healthy] or (members if plan.policy.fail_open else [])
-        out[key_of(owner)] = _addr_rrsets(owner, ok, ttl)
+        out[ckey] = _addresses(ok, ttl)
         for c in members:
-            host_owner = f"{c.name}.{owner}"
-            out[key_of(host_owner)] = _addr_rrsets(host_owner, [c] if c.healthy else [], ttl)
-    everyone = Decision((tuple(plan.candidates),), tuple(healthy), (), "nothing")
+            out[key_of(c.name)[:-1] + ckey] = _addresses([c], ttl) if c.healthy else _NONE
     for p in plan.ports:
-        rs = _srv_rrset(srv_owner(plan, p), plan, p, everyone)
-        out[key_of(srv_owner(plan, p))] = {T_SRV: rs} if rs is not None else {}
+        out[key_of(srv_owner(plan, p))] = _Srv(plan, p)
     return out
 
 
@@ -267,7 +298,9 @@ class Router:
             owner = srv_owner(self.plan, self.port)
             rrset = None if d.empty else _srv_rrset(owner, self.plan, self.port, d)
         else:
-            rrset = None if d.empty else _addr_rrsets(owner, d.chosen, self.plan.policy.ttl).get(qtype)
+            rrset = (
+                None if d.empty else _addr_rrsets(owner, d.chosen, self.plan.policy.ttl).get(qtype)
+            )
         result = (self.build(rrset, qtype), d.depends_on)
         if len(self._cache) > 4096:  # subnet buckets are unbounded; keep memory flat
             self._cache.clear()
@@ -276,7 +309,9 @@ class Router:
 
 
 def routers_for(
-    plan: ServicePlan, region_order: RegionOrder, build_for: Callable[[str], Callable[[RRset | None, int], Any]]
+    plan: ServicePlan,
+    region_order: RegionOrder,
+    build_for: Callable[[str], Callable[[RRset | None, int], Any]],
 ) -> dict[bytes, Router]:
     out = {key_of(plan.base): Router(plan, "service", region_order, build_for(plan.base))}
     for p in plan.ports:

@@ -19,7 +19,7 @@ import dns.rdatatype
 import dns.tokenizer
 import dns.zone
 import dns.zonefile
-from dnslib import RD, RDMAP, RR, DNSBuffer, DNSLabel
+from dnslib import AAAA, RD, RDMAP, RR, A, DNSBuffer, DNSLabel
 
 from . import wire
 from .wire import (
@@ -109,6 +109,47 @@ def is_below_or_at(key: bytes, ancestor: bytes) -> bool:
 WILDCARD = b"\x01*"
 
 
+class Lazy:
+    """A name's records kept compactly and made into ``RRset``s when asked for
+    (``Zone.records``).
+
+    Why: a federation has names by the hundred thousand (one per endpoint and
+    per cluster of every service: ~110,000 at 10 clusters x 1,000 services x
+    10 endpoints), and as ``RRset``s of dnslib objects each costs kilobytes
+    and a full build seconds, for records most of which are never asked for.
+    """
+
+    __slots__ = ()
+
+    def exists(self) -> bool:
+        """False: the name has no records (it is removed, as by ``None``)."""
+        raise NotImplementedError
+
+    def rrsets(self, key: bytes) -> dict[int, RRset]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses(Lazy):
+    """A name with only A/AAAA records, as the plan's address strings (~100 bytes)."""
+
+    ttl: int
+    v4: tuple[str, ...]
+    v6: tuple[str, ...]
+
+    def exists(self) -> bool:
+        return bool(self.v4 or self.v6)
+
+    def rrsets(self, key: bytes) -> dict[int, RRset]:
+        label = label_of(key)
+        out: dict[int, RRset] = {}
+        if self.v4:
+            out[T_A] = RRset(label, T_A, self.ttl, tuple(A(a) for a in self.v4))
+        if self.v6:
+            out[T_AAAA] = RRset(label, T_AAAA, self.ttl, tuple(AAAA(a) for a in self.v6))
+        return out
+
+
 @dataclass
 class Zone:
     """One zone's data. Built once per load or registry change, then read-only."""
@@ -124,6 +165,9 @@ class Zone:
     # resolver caches it with SCOPE 0 and asks for the target with ECS itself.
     tailored: set[bytes] = field(default_factory=set)
     cnames: set[bytes] = field(default_factory=set)  # owners of a CNAME (kept by update)
+    # Address-only names kept compact (federated endpoint and cluster names):
+    # names like those in ``data``, whose records ``records`` makes on demand.
+    lazy: dict[bytes, Lazy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -133,8 +177,8 @@ class Zone:
         self.cuts = set()
         self.children = {}
         self.cnames = {k for k, types in self.data.items() if T_CNAME in types}
-        for k, types in self.data.items():
-            if k != self.okey and T_NS in types:
+        for k in (*self.data, *self.lazy):
+            if k != self.okey and T_NS in self.data.get(k, ()):
                 self.cuts.add(k)
             while len(k) >= len(self.okey) and k not in self.names:
                 self.names.add(k)
@@ -144,25 +188,36 @@ class Zone:
                 self.children[p] = self.children.get(p, 0) + 1
                 k = p
 
-    def update(self, changes: Mapping[bytes, dict[int, RRset] | None]) -> set[bytes]:
-        """Replace (or with None/{} remove) names in place; return every name whose
-        node may need rebuilding: the changed names and ancestors that became or
-        stopped being empty non-terminals. Cost is per changed name, not per zone."""
+    def update(self, changes: Mapping[bytes, dict[int, RRset] | Lazy | None]) -> set[bytes]:
+        """Replace (or with None/{}/nothing lazy remove) names in place; return every
+        name whose node may need rebuilding: the changed names and ancestors that
+        became or stopped being empty non-terminals. Cost is per changed name."""
         affected: set[bytes] = set()
         for k, types in changes.items():
             if not is_below_or_at(k, self.okey) or k == self.okey:
                 continue  # the apex (SOA/NS) only changes with the zone file
             affected.add(k)
-            if types and T_CNAME in types:
-                self.cnames.add(k)
-            else:
+            if isinstance(types, Lazy):
+                self.data.pop(k, None)
                 self.cnames.discard(k)
-            if types:
+                self.cuts.discard(k)
+                if types.exists():
+                    self.lazy[k] = types
+                else:
+                    self.lazy.pop(k, None)
+                    types = None
+            elif types:
+                self.lazy.pop(k, None)
                 self.data[k] = types
+                if T_CNAME in types:
+                    self.cnames.add(k)
+                else:
+                    self.cnames.discard(k)
                 if T_NS in types:
                     self.cuts.add(k)
                 else:
                     self.cuts.discard(k)
+            if types:
                 a = k
                 while a not in self.names:  # the apex is always there: this ends
                     self.names.add(a)
@@ -172,12 +227,15 @@ class Zone:
                     a = p
             else:
                 self.data.pop(k, None)
+                self.lazy.pop(k, None)
+                self.cnames.discard(k)
                 self.cuts.discard(k)
                 a = k
                 while (
                     a != self.okey
                     and a in self.names
                     and a not in self.data
+                    and a not in self.lazy
                     and not self.children.get(a)
                 ):
                     self.names.discard(a)
@@ -190,6 +248,15 @@ class Zone:
         return affected
 
     # -- record access ------------------------------------------------------
+
+    def records(self, key: bytes) -> dict[int, RRset] | None:
+        """The RRsets owned by ``key`` per type; None for no owner (ENT or absent)."""
+        types = self.data.get(key)
+        if types is None:
+            lazy = self.lazy.get(key)
+            if lazy is not None:
+                return lazy.rrsets(key)
+        return types
 
     @property
     def soa(self) -> RRset:
@@ -235,7 +302,7 @@ class Zone:
                     # referral, as RFC 1034 4.3.2 step 3b restarts into it (NSD too).
                     return Resolution(NOERROR, True, tuple(answer), ref.authority, ref.additional)
                 return ref
-            types = self.data.get(key)
+            types = self.records(key)
             synthesized = False
             if types is None and key not in self.names:
                 ce = self.closest_encloser(key)
@@ -276,7 +343,7 @@ class Zone:
         for rd in ns.rdatas:
             tkey = key_of(rd.label)
             if is_below_or_at(tkey, cut):
-                types = self.data.get(tkey, {})
+                types = self.records(tkey) or {}
                 out.extend(types[t] for t in (T_A, T_AAAA) if t in types)
         return tuple(out)
 
@@ -298,7 +365,7 @@ class Zone:
             cut = self.cut_above(tkey)
             if cut is not None and not (rrset.rtype == T_NS and tkey.endswith(cut)):
                 continue
-            types = self.data.get(tkey, {})
+            types = self.records(tkey) or {}
             out.extend(types[x] for x in (T_A, T_AAAA) if x in types)
         return tuple(out)
 

@@ -201,8 +201,14 @@ def write_config(
 
 
 def fedns_argv(*args: str) -> list[str]:
-    """The fedns command line, run by this interpreter so it uses this checkout."""
+    """The fedns command line, run by this interpreter (with ``fedns_env()``)."""
     return [sys.executable, "-m", "resolver.cli", *args]
+
+
+def fedns_env() -> dict[str, str]:
+    """The environment for ``fedns_argv``: the resolver package of this checkout,
+    whatever is installed (an editable install may point at another clone)."""
+    return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def start_fedns(
@@ -228,9 +234,7 @@ def start_fedns(
             "console",
             *extra_args,
         )
-        # PYTHONPATH: run the resolver package of this checkout, whatever is installed.
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        sp = _spawn("fedns", argv, workdir, port, env=env, config=config)
+        sp = _spawn("fedns", argv, workdir, port, env=fedns_env(), config=config)
         if not ready:
             return sp
         try:

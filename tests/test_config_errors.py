@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from servers import DEMO_CONFIG, REPO, fedns_argv, free_port
+from servers import DEMO_CONFIG, fedns_argv, fedns_env, free_port
 
 ORIGIN = "bad.example.test."
 GOOD_HEAD = """$ORIGIN bad.example.test.
@@ -19,7 +18,7 @@ ns1     IN A   192.0.2.1
 
 
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = fedns_env()
     return subprocess.run(
         fedns_argv(*args), capture_output=True, text=True, timeout=timeout, env=env, check=False
     )

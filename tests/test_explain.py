@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import aiohttp
 import dns.message
 import dns.rdatatype
-from servers import REPO, FednsFactory, fedns_argv
+from servers import FednsFactory, fedns_argv, fedns_env
 from test_routing import CLIENT, LOCALITIES, Ep, Svc, World, cart, scope_of, three, until, world
 
 Record = tuple[str, int, str, str]
@@ -177,7 +176,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
         *fedns_argv(*args),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=fedns_env(),
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     return proc.returncode or 0, out.decode(), err.decode()

@@ -33,13 +33,13 @@ from dnsclient import TIMEOUT_S, make
 from fakekube import ThreadedFakeKubes, endpoint, endpoint_slice, federation_config, service
 from oracle import Oracle
 from servers import (
-    REPO,
     RICH_ORIGIN,
     RICH_ZONE,
     FednsFactory,
     ServerProcess,
     _spawn,
     fedns_argv,
+    fedns_env,
     write_config,
 )
 
@@ -318,7 +318,7 @@ def v6_server(tmp_path: Path, mode: str) -> Iterator[ServerProcess]:
         u.bind(("::1", 0))
         port = u.getsockname()[1]
     config = _fed_config(tmp_path, mode, f"[::1]:{port}")
-    sp = _spawn("fedns6", fedns_argv("serve", "-c", str(config)), tmp_path, port)
+    sp = _spawn("fedns6", fedns_argv("serve", "-c", str(config)), tmp_path, port, fedns_env())
     sp.host = "::1"
     try:
         sp.wait_ready()
@@ -377,7 +377,7 @@ def test_unknown_udp_mode_is_refused(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=fedns_env(),
     )
     assert out.returncode != 0
     assert "dns.udp" in out.stderr + out.stdout and "'epoll'" in out.stderr + out.stdout
