@@ -316,15 +316,17 @@ def run_ns(pid: int) -> int:
     return total
 
 
-def memory_mb(pids: list[int]) -> dict[str, float]:
+def memory_mb(pids: list[int]) -> dict[str, Any]:
     """Summed VmRSS, VmHWM and PSS (forked workers share pages: RSS counts them twice)."""
-    out = {"rss": 0.0, "hwm": 0.0, "pss": 0.0}
+    out: dict[str, Any] = {"rss": 0.0, "hwm": 0.0, "pss": 0.0, "each": []}
     for p in pids:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 k, _, v = line.partition(":")
                 if k in ("VmRSS", "VmHWM"):
                     out["rss" if k == "VmRSS" else "hwm"] += int(v.split()[0]) / 1024
+                    if k == "VmRSS":
+                        out["each"].append(int(v.split()[0]) / 1024)
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     out["pss"] += int(line.split()[1]) / 1024
@@ -765,7 +767,11 @@ def part_scale(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 r["cpu_start_s"] = cpu_seconds(pids)
                 say(
                     "   memory after sync: RSS {rss:.0f} MB (peak {hwm:.0f} MB), PSS {pss:.0f} MB, "
-                    "over {n} process(es)".format(n=len(pids), **r["mem"])
+                    "over {n} process(es): RSS {each} MB".format(
+                        n=len(pids),
+                        each=" + ".join(f"{m:.0f}" for m in r["mem"]["each"]),
+                        **{k: v for k, v in r["mem"].items() if k != "each"},
+                    )
                 )
                 res = run_flips(
                     fakes,

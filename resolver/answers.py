@@ -485,7 +485,8 @@ class Table:
         # not seed resolvers with negative answers (CoreDNS's kubernetes plugin
         # delays queries the same way). Cleared at first sync or after a bound.
         self.waiting: tuple[bytes, ...] = ()
-        self.plan_names: dict[tuple[str, str, str], set[bytes]] = {}
+        # Each plan's names, as a tuple: a set per plan costs ~8x the memory.
+        self.plan_names: dict[tuple[str, str, str], tuple[bytes, ...]] = {}
         # Zones with compact names (Zone.lazy), their NXDOMAIN/NODATA templates,
         # and which nodes were built from compact names (dropped when too many).
         self._lazy_zones: tuple[tuple[Zone, Entry, Entry], ...] = ()
@@ -502,7 +503,7 @@ class Table:
         for ident in removed:
             self.plans.pop(ident, None)
             okey = key_of(ident[0])
-            for k in self.plan_names.pop(ident, set()):
+            for k in self.plan_names.pop(ident, ()):
                 by_zone.setdefault(okey, {})[k] = None
         for plan in plans:
             okey = key_of(plan.zone)
@@ -510,8 +511,9 @@ class Table:
                 continue
             changes = by_zone.setdefault(okey, {})
             records = static_records(plan)
-            for k in self.plan_names.get(plan.ident, set()) - set(records):
-                changes[k] = None
+            for k in self.plan_names.get(plan.ident, ()):
+                if k not in records:
+                    changes[k] = None
             plan_routers = routers_for(plan, self.locator.region_order, self._builder)
             zone = self.zones[okey]
             data, lazy, nodes = zone.data, zone.lazy, self.nodes
@@ -538,7 +540,7 @@ class Table:
                 ):
                     changes[k] = types
             self.plans[plan.ident] = plan
-            self.plan_names[plan.ident] = set(records)
+            self.plan_names[plan.ident] = tuple(records)
             routers.update(plan_routers)
         rebuilt = 0
         for okey, changes in by_zone.items():
