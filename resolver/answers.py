@@ -79,6 +79,9 @@ _SUBNETS_MAX = 1 << 16  # distinct ECS options remembered per table; cleared who
 # so a replaced router's memo goes with it.
 _ROUTES_MAX = 1 << 12
 _EDNS_KEY_MAX = 96  # longer OPT records (padding, big cookies) are not memoized
+# Whole UDP replies remembered by the query's bytes after its ID (Table.replies);
+# cleared whole when full, and at every change of the table.
+_REPLIES_MAX = 1 << 14
 # Nodes of compact address-only names (Zone.lazy) built on first query and kept;
 # past this many they are all dropped and built again as asked.
 _LAZY_NODES_MAX = 1 << 16
@@ -491,6 +494,12 @@ class Table:
         # and which nodes were built from compact names (dropped when too many).
         self._lazy_zones: tuple[tuple[Zone, Entry, Entry], ...] = ()
         self._lazy_built: set[bytes] = set()
+        # UDP replies less their ID, by the query's bytes after its ID, for the
+        # answers that depend on nothing else (not on the packet's source): the
+        # UDP transport looks here before calling ``respond`` at all. Resolvers
+        # and clients ask the same few questions over and over (the same case,
+        # flags and OPT record), so most queries cost one dict lookup.
+        self.replies: dict[bytes, bytes] = {}
 
     # -- federation -----------------------------------------------------------
 
@@ -498,6 +507,7 @@ class Table:
         self, plans: Sequence[ServicePlan], removed: Sequence[tuple[str, str, str]] = ()
     ) -> int:
         """Publish changed services; rebuild only the names they touch. Returns names rebuilt."""
+        self.replies.clear()
         by_zone: dict[bytes, dict[bytes, dict[int, RRset] | Lazy | None]] = {}
         routers: dict[bytes, Router] = {}
         for ident in removed:
@@ -681,6 +691,7 @@ class Table:
             # Keys are well-formed names, so a hit proves these labels are.
             router = node.router
             hit = None
+            remember = not tcp
             if router is not None:
                 # The client's place comes from the ECS subnet alone, or with the
                 # packet's source host, or (no ECS) from the host alone: the whole
@@ -712,9 +723,12 @@ class Table:
                 e, opts = hit
                 if opts is not None:
                     opt = opts[do]
+                remember = remember and sub is not None and sub.free is True
             else:
                 e = node.exact.get(qtype) or node.answer(qtype)  # an Entry is always true
         else:
+            # Not remembered: a random-subdomain flood would only churn the replies.
+            remember = False
             if z > 266 or self.waiting:
                 # Longer than 255 octets; or maybe a name not synced yet.
                 return self.general(data, tcp, addr)
@@ -736,7 +750,7 @@ class Table:
         if fixed + e.size > limit:
             e = e.fit(limit - fixed)
         body = e.static
-        return b"".join(
+        reply = b"".join(
             (
                 data[:2],
                 e.heads[(data[2] & 0x01) | ((data[3] & CD) >> 3) | (4 if opt else 0)],
@@ -745,6 +759,12 @@ class Table:
                 opt,
             )
         )
+        if remember:
+            replies = self.replies
+            if len(replies) >= _REPLIES_MAX:
+                replies.clear()
+            replies[data[2:]] = reply[2:]
+        return reply
 
     def _edns(self, rr: bytes) -> _Edns | None:
         """What a query's OPT record (``rr``: the record, to the packet's end) asks

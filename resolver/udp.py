@@ -276,10 +276,26 @@ class MmsgServer:
             keys = names_q[: n * qstep : qstep].tolist() if v4 else None
             j = 0
             with lock:
-                respond = rt.table.respond  # swapped whole on reload
+                table = rt.table  # swapped whole on reload
+                respond = table.respond
+                replies = table.replies
                 for i in range(n):
                     off = i * SLOT
                     data = mv[off : off + lens[i]].tobytes()
+                    hit = replies.get(data[2:])
+                    if hit is not None:
+                        # A remembered reply: only the ID differs, and it is in place
+                        # when the reply goes back into the query's own slot.
+                        size = len(hit) + 2
+                        o = j * SLOT
+                        if j != i:
+                            mv[o : o + 2] = data[:2]
+                            names[j * _NAME : j * _NAME + nl] = names[i * _NAME : i * _NAME + nl]
+                        mv[o + 2 : o + size] = hit
+                        slen[2 * j + 1] = size
+                        rcodes[hit[1] & 0x0F] += 1
+                        j += 1
+                        continue
                     if keys is not None:
                         key: Any = keys[i]
                     else:

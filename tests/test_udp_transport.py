@@ -230,6 +230,38 @@ def test_malformed_packets_in_a_burst(fedns_server: FednsFactory, mode: str) -> 
             assert reply.rcode() == rcode
 
 
+def test_repeated_questions_get_their_own_ids(fedns_server: FednsFactory, mode: str) -> None:
+    """The same few questions over and over (as from resolvers, answered from the
+    replies remembered by the query's bytes) with a new ID each, some with RD/CD
+    or EDNS, and silent packets between them so replies move to earlier slots of
+    the batch: each reply carries its own query's ID, flags and answer."""
+    srv = _serve(fedns_server, mode)
+    silent = _query(0)[0].to_wire()
+    silent = silent[:2] + b"\x80" + silent[3:]  # QR=1: dropped
+    with _client() as s:
+        expect: dict[int, tuple[str, bool, bool]] = {}
+        for qid in range(1, 601):
+            name = f"{A_NAMES[qid % 3]}.{RICH_ORIGIN}"
+            q = make(name, "A", edns=0 if qid % 5 == 0 else None, qid=qid)
+            rd, cd = qid % 2 == 0, qid % 7 == 0
+            q.flags = (dns.flags.RD if rd else 0) | (dns.flags.CD if cd else 0)
+            s.sendto(q.to_wire(), srv.addr)
+            expect[qid] = (name, rd, cd)
+            if qid % 3 == 0:
+                s.sendto(silent, srv.addr)
+        replies = _collect([s], len(expect))[0]
+    assert len(replies) == len(expect)
+    seen = set()
+    for wire in replies:
+        reply = dns.message.from_wire(wire)
+        name, rd, cd = expect[reply.id]
+        seen.add(reply.id)
+        _check(reply, name)
+        assert bool(reply.flags & dns.flags.RD) == rd and bool(reply.flags & dns.flags.CD) == cd
+        assert (reply.edns >= 0) == (reply.id % 5 == 0)
+    assert seen == set(expect)
+
+
 def test_tcp_answers_while_udp_is_loaded(fedns_server: FednsFactory, mode: str) -> None:
     """The event loop thread keeps serving TCP while UDP traffic is being answered."""
     srv = _serve(fedns_server, mode)
