@@ -39,6 +39,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,7 @@ sys.path[:0] = [str(REPO / "tests"), str(HERE)]
 import dns.edns  # noqa: E402
 import dns.message  # noqa: E402
 import dns.query  # noqa: E402
-from authoritative import Perf, cpu_seconds, parse_dnsperf, proc_tree  # noqa: E402
+from authoritative import Perf, _median_perf, cpu_seconds, parse_dnsperf, proc_tree  # noqa: E402
 from refservers import start_gdnsd, start_pdns  # noqa: E402
 from servers import start_fedns  # noqa: E402
 
@@ -125,8 +126,34 @@ def check_answer(t: Target, qname: str, cidr: str, want: str) -> int | None:
     return scopes[0] if scopes else None
 
 
-def dnsperf(t: Target, datafile: Path, option: str, seconds: float, qps: int | None) -> Perf:
-    argv = ["dnsperf", "-s", t.host, "-p", str(t.port), "-d", str(datafile), "-E", f"8:{option}"]
+def many_subnets(path: Path, qname: str, count: int, seed: int = 1) -> None:
+    """``count`` queries for ``qname`` A, each with the ECS option of another
+    client /24 (public unicast, drawn at random), as dnsperf ``-B`` reads them:
+    every message behind its 2-byte length. A resolver fleet's view: many
+    clients, so neither side can answer from one remembered reply."""
+    rnd = random.Random(seed)
+    nets: set[int] = set()
+    while len(nets) < count:
+        first = rnd.randrange(1, 224)
+        if first in (10, 100, 127, 169, 172, 192, 198, 203):  # private, special, the map's own
+            continue
+        nets.add((first << 16) | rnd.randrange(1 << 16))
+    out = bytearray()
+    for n in sorted(nets, key=lambda _: rnd.random()):
+        q = dns.message.make_query(qname, "A", use_edns=0)
+        addr = str(ipaddress.IPv4Address(n << 8))
+        q.use_edns(0, options=[dns.edns.ECSOption(addr, 24)])
+        wire = q.to_wire()
+        out += len(wire).to_bytes(2, "big") + wire
+    path.write_bytes(bytes(out))
+
+
+def dnsperf(
+    t: Target, datafile: Path, option: str | None, seconds: float, qps: int | None
+) -> Perf:
+    """``option``: every query's ECS option (hex); None: ``datafile`` is a ``-B`` file."""
+    argv = ["dnsperf", "-s", t.host, "-p", str(t.port), "-d", str(datafile)]
+    argv += ["-E", f"8:{option}"] if option is not None else ["-B"]
     argv += ["-c", "4", "-T", "1", "-q", "200", "-l", f"{seconds:g}"]
     if qps:
         argv += ["-Q", str(qps)]
@@ -209,6 +236,7 @@ class Row:
     scope: int | None
     sat: Perf
     fixed: Perf
+    many: Perf | None = None  # at -Q, every query another client /24 (``--subnets``)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         "--fedns", help="HOST:PORT of a running fedns serving benchmarks/ecs-bench.yaml"
     )
     ap.add_argument("--fedns-pid", type=int, help="its PID, to measure its CPU")
+    ap.add_argument(
+        "--subnets",
+        type=int,
+        default=50_000,
+        help="also measure CPU/query at -Q with this many distinct client /24s (0: skip)",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="repeat, interleaved; report medians")
     args = ap.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",")] if args.only else list(SERVERS)
     unknown = set(keys) - set(SERVERS)
@@ -235,24 +270,43 @@ def main(argv: list[str] | None = None) -> int:
     lmap_region = _region_for(setup, args.subnet)
     want = setup.answers[lmap_region]
     option = ecs_hex(args.subnet)
-    rows: list[Row] = []
+    rounds = 1 if args.quick else max(1, args.rounds)
+    per_round: dict[str, list[Row]] = {k: [] for k in keys}
     with tempfile.TemporaryDirectory(prefix="fedns-ecs-bench-") as d:
         tmp = Path(d)
         datafile = tmp / "queries.txt"
         datafile.write_text(f"{qname} A\n")
-        for key in keys:
-            with running(key, setup, tmp, args) as t:
-                scope = check_answer(t, qname, args.subnet, want)
-                time.sleep(0.3)
-                sat = dnsperf(t, datafile, option, sat_s, None)
-                fixed = dnsperf(t, datafile, option, fixed_s, args.load)
-            rows.append(Row(key, t.label, scope, sat, fixed))
-            cpu = f"{fixed.cpu_us_per_query:.2f} us" if t.pid else "n/a"
-            print(
-                f"{key:12s} scope /{scope}  saturation {sat.qps:9.0f} qps"
-                f"  at -Q {args.load}: {fixed.qps:8.0f} qps, CPU/query {cpu}",
-                flush=True,
-            )
+        manyfile = tmp / "many.bin"
+        if args.subnets:
+            many_subnets(manyfile, qname, args.subnets)
+        for r in range(rounds):
+            for key in keys:
+                print(f"[round {r + 1}/{rounds}] {key}", flush=True)
+                with running(key, setup, tmp, args) as t:
+                    scope = check_answer(t, qname, args.subnet, want)
+                    time.sleep(0.3)
+                    sat = dnsperf(t, datafile, option, sat_s, None)
+                    fixed = dnsperf(t, datafile, option, fixed_s, args.load)
+                    many = dnsperf(t, manyfile, None, fixed_s, args.load) if args.subnets else None
+                per_round[key].append(Row(key, t.label, scope, sat, fixed, many))
+                cpu = f"{fixed.cpu_us_per_query:.2f} us" if t.pid else "n/a"
+                print(
+                    f"  {key:12s} scope /{scope}  saturation {sat.qps:9.0f} qps"
+                    f"  at -Q {args.load}: {fixed.qps:8.0f} qps, CPU/query {cpu}"
+                    + (f"; {args.subnets} subnets: {many.cpu_us_per_query:.2f} us" if many else ""),
+                    flush=True,
+                )
+    rows = [
+        Row(
+            k,
+            rs[0].label,
+            rs[0].scope,
+            _median_perf([x.sat for x in rs]),
+            _median_perf([x.fixed for x in rs]),
+            _median_perf([x.many for x in rs if x.many]) if rs[0].many else None,
+        )
+        for k, rs in per_round.items()
+    ]
     report = render(rows, args, setup, want)
     print()
     print(report)
@@ -281,14 +335,19 @@ def render(rows: list[Row], args: argparse.Namespace, setup: Setup, want: str) -
         f"every query `{NAME}.{setup.zone} A` with ECS {args.subnet} "
         f"(`dnsperf -E 8:{ecs_hex(args.subnet)}`), answer {want}. "
         f"Saturation: `dnsperf -c 4 -q 200`; CPU per query: the server's utime+stime "
-        f"at `-Q {args.load}`.",
+        f"at `-Q {args.load}`; many subnets: the same load, every query with another of "
+        f"{args.subnets:,} client /24s (`dnsperf -B`, a file of queries). Medians of "
+        f"{1 if args.quick else args.rounds} interleaved rounds.",
         "",
-        "| server | ECS scope | saturation qps | qps at -Q | CPU us/query (user+sys) |",
-        "|---|---:|---:|---:|---:|",
+        "| server | ECS scope | saturation qps | qps at -Q | CPU us/query (user+sys) "
+        "| many subnets: CPU us/query |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        many = r.many.split if r.many else "-"
         lines.append(
-            f"| {r.label} | /{r.scope} | {r.sat.qps:,.0f} | {r.fixed.qps:,.0f} | {r.fixed.split} |"
+            f"| {r.label} | /{r.scope} | {r.sat.qps:,.0f} | {r.fixed.qps:,.0f} | {r.fixed.split} "
+            f"| {many} |"
         )
     lines.append("")
     f, g, ps, pf = (
@@ -314,14 +373,13 @@ def render(rows: list[Row], args: argparse.Namespace, setup: Setup, want: str) -
             f"- PowerDNS Lua fresh-state mode uses {pf.fixed.cpu_us_per_query / f.fixed.cpu_us_per_query:.0f}x "
             f"fedns's CPU per answer (issue 4 expects about {GOAL_FRESH_VS_FEDNS}x)."
         )
-    if f and g:
+    if f and g and f.many and g.many:
         lines.append(
-            f"- Where the time goes, per answer: fedns {f.fixed.per_query(f.fixed.user_s):.1f} us "
-            f"user (Python) + {f.fixed.per_query(f.fixed.sys_s):.1f} us kernel (one recvfrom and "
-            f"one sendto per query); gdnsd {g.fixed.per_query(g.fixed.user_s):.1f} + "
-            f"{g.fixed.per_query(g.fixed.sys_s):.1f} us, batching datagrams with recvmmsg/sendmmsg. "
-            "The locality part of fedns's path (ECS parse, placement, scope, echo) is memoized "
-            "dict lookups, under 1 us."
+            f"- Many subnets: fedns {f.many.cpu_us_per_query:.2f} us per answer, "
+            f"{f.many.cpu_us_per_query / g.many.cpu_us_per_query:.2f}x gdnsd's. One subnet "
+            "repeated is answered from the reply remembered for that query's bytes (a dict "
+            "lookup; resolvers repeat their clients' questions), a new subnet goes through "
+            "ECS validation, placement, the router's per-locality answer and the SCOPE."
         )
     lines.append(
         "- ECS scope: gdnsd and fedns return the widest prefix with the same answer; "
