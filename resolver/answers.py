@@ -19,6 +19,17 @@ what a query's OPT record asks (payload, DO, the validated and placed ECS
 subnet) is memoized by the record's bytes, and each router's answer with its
 reply OPT record (the ECS echo with our SCOPE) per client subnet or source,
 so the per-query work stays dict lookups and one join.
+
+On top, whole UDP replies that depend on nothing but the query's bytes are
+remembered by those bytes less the ID (``Table.replies``, as PowerDNS's packet
+cache), and the UDP transport looks there first: a repeated question costs one
+dict lookup and a copy. Negative answers below existing names are not put there
+(a flood of new names would only churn it); they stay templates.
+
+Federated names come by the hundred thousand (a name per endpoint and per
+cluster of every service) and are kept compact in the zone (``zone.Lazy``):
+their nodes are built when first asked for, so a full sync costs little more
+than the registry itself.
 """
 
 from __future__ import annotations

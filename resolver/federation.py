@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dnslib import AAAA, SRV, A, DNSLabel
+from dnslib import SRV, DNSLabel
 
 from .policy import Candidate, Client, Decision, Policy, decide, policy_fields, with_fields
 from .wire import T_A, T_AAAA, T_SRV
@@ -90,16 +90,6 @@ def split_families(addresses: Sequence[str]) -> tuple[tuple[str, ...], tuple[str
 # -- records ------------------------------------------------------------------
 
 
-def _addr_rrsets(owner: str, cands: Sequence[Candidate], ttl: int) -> dict[int, RRset]:
-    label = DNSLabel(owner)
-    v4 = tuple(dict.fromkeys(a for c in cands for a in c.v4))
-    v6 = tuple(dict.fromkeys(a for c in cands for a in c.v6))
-    out: dict[int, RRset] = {}
-    if v4:
-        out[T_A] = RRset(label, T_A, ttl, tuple(A(a) for a in v4))
-    if v6:
-        out[T_AAAA] = RRset(label, T_AAAA, ttl, tuple(AAAA(a) for a in v6))
-    return out
 
 
 def _srv_rrset(owner: str, plan: ServicePlan, port: PlanPort, decision: Decision) -> RRset | None:
@@ -298,9 +288,8 @@ class Router:
             owner = srv_owner(self.plan, self.port)
             rrset = None if d.empty else _srv_rrset(owner, self.plan, self.port, d)
         else:
-            rrset = (
-                None if d.empty else _addr_rrsets(owner, d.chosen, self.plan.policy.ttl).get(qtype)
-            )
+            chosen = _addresses(d.chosen, self.plan.policy.ttl)
+            rrset = None if d.empty else chosen.rrsets(key_of(owner)).get(qtype)
         result = (self.build(rrset, qtype), d.depends_on)
         if len(self._cache) > 4096:  # subnet buckets are unbounded; keep memory flat
             self._cache.clear()
