@@ -85,10 +85,13 @@ SECTION_ANSWER, SECTION_AUTHORITY, SECTION_ADDITIONAL = 0, 1, 2
 _NOT_FAST = frozenset((T_AXFR, T_IXFR, T_OPT))
 
 _SUBNETS_MAX = 1 << 16  # distinct ECS options remembered per table; cleared whole when full
-# Per-client results remembered per router (Router.memo), cleared whole when
-# full: the bound of Router's own cache. Kept on the router, not in the table,
-# so a replaced router's memo goes with it.
-_ROUTES_MAX = 1 << 12
+# Per-client results remembered by the routers (Router.memo), all of them
+# together: past this many every router's memo is cleared. One bound for the
+# table rather than one per router, so a popular service can remember as many
+# client subnets as a resolver fleet sends (one placement each) while a
+# thousand services cannot hold a thousand times that. The memo stays on the
+# router, so a replaced router's entries go with it.
+_ROUTES_MAX = 1 << 16
 _EDNS_KEY_MAX = 96  # longer OPT records (padding, big cookies) are not memoized
 # Whole UDP replies remembered by the query's bytes after its ID (Table.replies);
 # cleared whole when full, and at every change of the table.
@@ -511,6 +514,10 @@ class Table:
         # and clients ask the same few questions over and over (the same case,
         # flags and OPT record), so most queries cost one dict lookup.
         self.replies: dict[bytes, bytes] = {}
+        # Routers with entries in their memo, and how many entries were added
+        # since the last clear (replaced routers' too: they count until then).
+        self._memoized: list[Router] = []
+        self._memo_entries = 0
 
     # -- federation -----------------------------------------------------------
 
@@ -596,6 +603,12 @@ class Table:
             (z, nx_template(z), nodata_template(z)) for z in self.zones.values() if z.lazy
         )
         return rebuilt
+
+    def _clear_route_memos(self) -> None:
+        memoized, self._memoized = self._memoized, []
+        for r in memoized:
+            r.memo.clear()
+        self._memo_entries = 0
 
     def _lazy_node(self, lname: bytes) -> Node | None:
         """The node of a compact name (``Zone.lazy``), built now; None if there is none."""
@@ -727,8 +740,12 @@ class Table:
                                 key = (qtype, raw)
                     else:
                         hit = (e, None)
-                    if len(memo) >= _ROUTES_MAX:
-                        memo.clear()
+                    if self._memo_entries >= _ROUTES_MAX or len(memo) >= _ROUTES_MAX:
+                        self._clear_route_memos()
+                        memo.clear()  # even if a race with the other thread left it out
+                    if not memo:
+                        self._memoized.append(router)
+                    self._memo_entries += 1
                     memo[key] = hit
             if hit is not None:
                 e, opts = hit

@@ -16,6 +16,7 @@ import dataclasses
 import random
 from pathlib import Path
 
+import dns.edns
 import dns.message
 import dns.rdatatype
 import pytest
@@ -165,3 +166,27 @@ def test_bound_on_built_compact_nodes(tmp_path: Path, monkeypatch: pytest.Monkey
     zone = lazy.zones[b"\x03fed\x07example\x04test\x00"]
     built = [k for k in zone.lazy if k in lazy.nodes and lazy.nodes[k].router is None]
     assert 0 < len(built) <= 16
+
+
+def test_route_memos_are_bounded_across_routers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What routers remember per client subnet is bounded for the whole table, not
+    per router, and answers do not change when it is cleared."""
+    lazy, eager = _tables(tmp_path, monkeypatch)
+    plans = _plans(3)
+    lazy.apply_plans(plans)
+    eager.apply_plans(plans)
+    monkeypatch.setattr(answers, "_ROUTES_MAX", 8)
+    routers = {k: n.router for k, n in lazy.nodes.items() if n.router is not None}
+    assert len(routers) >= 8
+    for i in range(40):
+        for p in plans:
+            for name, t in ((p.base, "A"), (p.base, "AAAA"), (f"_http._tcp.{p.base}", "SRV")):
+                ecs = dns.edns.ECSOption(f"198.51.{i}.0", 24)
+                q = dns.message.make_query(name, t, use_edns=0, options=[ecs])
+                q.id = i
+                wire = q.to_wire()
+                got = lazy.respond(wire, False, ("127.0.0.1", 5353))
+                assert got == eager.respond(wire, False, ("127.0.0.1", 5353)), (name, t, i)
+                assert sum(len(r.memo) for r in routers.values()) <= 8
