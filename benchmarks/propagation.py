@@ -327,9 +327,13 @@ def memory_mb(pids: list[int]) -> dict[str, Any]:
                     out["rss" if k == "VmRSS" else "hwm"] += int(v.split()[0]) / 1024
                     if k == "VmRSS":
                         out["each"].append(int(v.split()[0]) / 1024)
+            private = 0.0
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     out["pss"] += int(line.split()[1]) / 1024
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    private += int(line.split()[1]) / 1024
+            out["private"] = [*out.get("private", []), private]
     return out
 
 
@@ -767,10 +771,11 @@ def part_scale(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 r["cpu_start_s"] = cpu_seconds(pids)
                 say(
                     "   memory after sync: RSS {rss:.0f} MB (peak {hwm:.0f} MB), PSS {pss:.0f} MB, "
-                    "over {n} process(es): RSS {each} MB".format(
+                    "over {n} process(es): RSS {each} MB, private {private} MB".format(
                         n=len(pids),
                         each=" + ".join(f"{m:.0f}" for m in r["mem"]["each"]),
-                        **{k: v for k, v in r["mem"].items() if k != "each"},
+                        private=" + ".join(f"{m:.0f}" for m in r["mem"].get("private", [])),
+                        **{k: v for k, v in r["mem"].items() if k not in ("each", "private")},
                     )
                 )
                 res = run_flips(

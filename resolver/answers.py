@@ -514,6 +514,15 @@ class Table:
         # and clients ask the same few questions over and over (the same case,
         # flags and OPT record), so most queries cost one dict lookup.
         self.replies: dict[bytes, bytes] = {}
+        # Negative (and wildcard, referral) UDP replies for a name that does not
+        # exist below an existing one, by the query's bytes after its ID with the
+        # first label cut out: (flags and counts, length of the query's OPT record,
+        # length of the parent name, {first label's length: the reply's body and
+        # OPT}). A random-subdomain flood asks for new names below the same few,
+        # so the UDP transport answers it from here after one existence check
+        # (``nodes``, ``lazy_names``), with the question echoed from the query.
+        self.below: dict[bytes, tuple[bytes, int, int, dict[int, bytes]]] = {}
+        self.lazy_names: tuple[dict[bytes, Lazy], ...] = ()
         # Routers with entries in their memo, and how many entries were added
         # since the last clear (replaced routers' too: they count until then).
         self._memoized: list[Router] = []
@@ -526,6 +535,7 @@ class Table:
     ) -> int:
         """Publish changed services; rebuild only the names they touch. Returns names rebuilt."""
         self.replies.clear()
+        self.below.clear()
         by_zone: dict[bytes, dict[bytes, dict[int, RRset] | Lazy | None]] = {}
         routers: dict[bytes, Router] = {}
         for ident in removed:
@@ -602,6 +612,7 @@ class Table:
         self._lazy_zones = tuple(
             (z, nx_template(z), nodata_template(z)) for z in self.zones.values() if z.lazy
         )
+        self.lazy_names = tuple(z.lazy for z, _, _ in self._lazy_zones)
         return rebuilt
 
     def _clear_route_memos(self) -> None:
@@ -711,6 +722,7 @@ class Table:
         node = nodes.get(lname)
         if node is None and self._lazy_zones:
             node = self._lazy_node(lname)
+        below = False
         if node is not None:
             # Keys are well-formed names, so a hit proves these labels are.
             router = node.router
@@ -755,7 +767,7 @@ class Table:
             else:
                 e = node.exact.get(qtype) or node.answer(qtype)  # an Entry is always true
         else:
-            # Not remembered: a random-subdomain flood would only churn the replies.
+            # Not in ``replies``: a random-subdomain flood would only churn them.
             remember = False
             if z > 266 or self.waiting:
                 # Longer than 255 octets; or maybe a name not synced yet.
@@ -773,10 +785,14 @@ class Table:
                         # A compact name between it and the question would stop the wildcard.
                         return self.general(data, tcp, addr)
                     e = node.answer_below(qtype)
+                    # In ``below`` when the parent exists (the answer depends on the
+                    # question's length only, not on its first label).
+                    below = not tcp and len(k) + lname[0] + 1 == len(lname)
                     break
         fixed = qend + len(opt)
         if fixed + e.size > limit:
             e = e.fit(limit - fixed)
+            below = False
         body = e.static
         reply = b"".join(
             (
@@ -792,7 +808,19 @@ class Table:
             if len(replies) >= _REPLIES_MAX:
                 replies.clear()
             replies[data[2:]] = reply[2:]
+        elif below:
+            self._remember_below(data, reply, qend, z)
         return reply
+
+    def _remember_below(self, data: bytes, reply: bytes, qend: int, z: int) -> None:
+        first = data[12]
+        key = data[2:12] + data[13 + first :]
+        hit = self.below.get(key)
+        if hit is None:
+            if len(self.below) >= _REPLIES_MAX:
+                self.below.clear()
+            hit = self.below[key] = (reply[2:12], len(data) - qend, z - 12 - first, {})
+        hit[3][first] = reply[qend:]
 
     def _edns(self, rr: bytes) -> _Edns | None:
         """What a query's OPT record (``rr``: the record, to the packet's end) asks

@@ -279,10 +279,28 @@ class MmsgServer:
                 table = rt.table  # swapped whole on reload
                 respond = table.respond
                 replies = table.replies
+                below = table.below
+                nodes = table.nodes
+                lazy_names = table.lazy_names
                 for i in range(n):
                     off = i * SLOT
                     data = mv[off : off + lens[i]].tobytes()
                     hit = replies.get(data[2:])
+                    if hit is None and below:
+                        # A new name below one that exists (Table.below): the same
+                        # reply as for any other such name of that length, unless
+                        # the name exists after all.
+                        first = data[12] if len(data) > 12 else 0
+                        neg = below.get(data[2:12] + data[13 + first :]) if 0 < first < 64 else None
+                        if neg is not None:
+                            tail = neg[3].get(first)
+                            end = 13 + first + neg[2]
+                            if tail is not None and end <= 267:
+                                name = data[12:end].lower()
+                                if name not in nodes and not (
+                                    lazy_names and any(name in m for m in lazy_names)
+                                ):
+                                    hit = b"".join((neg[0], data[12 : len(data) - neg[1]], tail))
                     if hit is not None:
                         # A remembered reply: only the ID differs, and it is in place
                         # when the reply goes back into the query's own slot.

@@ -29,7 +29,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from dnsclient import TIMEOUT_S, make
+from dnsclient import TIMEOUT_S, make, tcp_raw, udp_raw
 from fakekube import ThreadedFakeKubes, endpoint, endpoint_slice, federation_config, service
 from oracle import Oracle
 from servers import (
@@ -40,6 +40,7 @@ from servers import (
     _spawn,
     fedns_argv,
     fedns_env,
+    free_port,
     write_config,
 )
 
@@ -260,6 +261,56 @@ def test_repeated_questions_get_their_own_ids(fedns_server: FednsFactory, mode: 
         assert bool(reply.flags & dns.flags.RD) == rd and bool(reply.flags & dns.flags.CD) == cd
         assert (reply.edns >= 0) == (reply.id % 5 == 0)
     assert seen == set(expect)
+
+
+def _flood_then_existing(origin: str, parents: list[str], existing: list[str]) -> list[bytes]:
+    """Rounds of new names below ``parents`` (as a random-subdomain flood asks),
+    each round followed by names that exist below the same parents and were not
+    asked before, in other letter cases too, with and without EDNS."""
+    rnd = random.Random(5)
+    wires = []
+    for r, real in enumerate(existing):
+        for i in range(6 * len(parents)):
+            parent = parents[i % len(parents)]
+            label = f"r{rnd.getrandbits(40):010x}"[: rnd.randint(1, 10)]
+            qname = f"{label}.{parent}{'.' if parent else ''}{origin}"
+            for t in ("A", "TXT", "AAAA"):
+                wires.append(make(qname, t, edns=0 if i % 2 else None, qid=len(wires)).to_wire())
+        for t in ("A", "AAAA", "TXT", "MX"):
+            for n in (real, real.upper()):
+                wires.append(make(f"{n}.{origin}", t, edns=0 if r % 2 else None, qid=len(wires)).to_wire())
+    return wires
+
+
+@pytest.mark.parametrize("zone", ["rich", "federation"])
+def test_remembered_replies_equal_fresh_ones(
+    fedns_server: FednsFactory, tmp_path: Path, mode: str, zone: str
+) -> None:
+    """Replies from the UDP reply caches (a repeated question; a new name below an
+    existing one) are byte for byte what the same server answers over TCP, where
+    every query is answered afresh: names that exist but were never asked are not
+    taken for members of the flood around them, in a static zone (wildcards, a
+    delegation, empty non-terminals) and among compact federated names."""
+    if zone == "rich":
+        srv = _serve(fedns_server, mode)
+        origin = RICH_ORIGIN
+        parents = ["", "wild", "web", "ent", "child", "srv"]
+        existing = ["mail", "exists.wild", "x.ent2.wild", "c.ent", "web", "ns.child", "sip", "ns1"]
+    else:
+        port = free_port()
+        config = _fed_config(tmp_path, mode, f"127.0.0.1:{port}")
+        srv = _spawn("fedns-fed", fedns_argv("serve", "-c", str(config)), tmp_path, port, fedns_env())
+        srv.wait_ready()
+        origin = "global.example.test."
+        parents = ["cart.shop", "east.cart.shop", "shop", ""]
+        existing = ["east.cart.shop", "west.cart.shop", "cart.shop", "_https._tcp.cart.shop"]
+    wires = _flood_then_existing(origin, parents, existing)
+    for _ in range(2):  # the second round is answered from what the first remembered
+        for wire in wires:
+            got, want = udp_raw(srv.addr, wire), tcp_raw(srv.addr, wire)
+            assert got is not None and got == want, dns.message.from_wire(wire).question
+    nx = sum(1 for w in wires if dns.message.from_wire(tcp_raw(srv.addr, w) or b"").rcode())
+    assert 0 < nx < len(wires)
 
 
 def test_tcp_answers_while_udp_is_loaded(fedns_server: FednsFactory, mode: str) -> None:
