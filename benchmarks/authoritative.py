@@ -206,16 +206,16 @@ def start_fedns(
     return start
 
 
-def start_nsd(tmp: Path) -> Server:
+def start_nsd(tmp: Path, count: int = 1) -> Server:
     port = free_port()
-    d = tmp / "nsd"
+    d = tmp / f"nsd{count}"
     d.mkdir(exist_ok=True)
     conf = d / "nsd.conf"
     conf.write_text(
         f"""server:
   ip-address: 127.0.0.1@{port}
   port: {port}
-  server-count: 1
+  server-count: {count}
   username: ""
   chroot: ""
   database: ""
@@ -237,7 +237,9 @@ zone:
   zonefile: "{ZONE_FILE.name}"
 """
     )
-    return _spawn("nsd", ["nsd", "-d", "-c", str(conf)], tmp, port, tmp)
+    srv = _spawn(f"nsd{count}", ["nsd", "-d", "-c", str(conf)], tmp, port, tmp)
+    srv.extra_ready = 0.5 if count > 1 else 0.0  # every server process up
+    return srv
 
 
 def start_knot(tmp: Path) -> Server:
@@ -275,6 +277,8 @@ SERVERS: dict[str, tuple[str, Callable[[Path], Server]]] = {
     "fedns1": ("fedns, 1 worker", start_fedns(1)),
     "fedns2": ("fedns, 2 workers", start_fedns(2)),
     "nsd": ("NSD, server-count 1", start_nsd),
+    # Like for like with 2 fedns workers: two serving processes sharing the load.
+    "nsd2": ("NSD, server-count 2", lambda tmp: start_nsd(tmp, 2)),
     "knot": ("Knot, 1 UDP worker", start_knot),
 }
 
@@ -550,18 +554,18 @@ def report(
                 f"{s.cpu_us_per_query:.2f} | {f.split} | {f.latency_ms:.3f} ms | {vs_q} | {vs_c} |"
             )
     lines += ["", "Targets (issue 2), fedns against NSD in this run:", ""]
-    for key in ("fedns1", "fedns2"):
-        fr = results.get(key)
-        if fr is None or nsd is None:
+    for key, ref_key in (("fedns1", "nsd"), ("fedns2", "nsd"), ("fedns2", "nsd2")):
+        fr, ref = results.get(key), results.get(ref_key)
+        if fr is None or ref is None:
             continue
-        sat = fr.sat["positive"].qps / nsd.sat["positive"].qps
-        cpu = fr.fixed["positive"].cpu_us_per_query / nsd.fixed["positive"].cpu_us_per_query
+        sat = fr.sat["positive"].qps / ref.sat["positive"].qps
+        cpu = fr.fixed["positive"].cpu_us_per_query / ref.fixed["positive"].cpu_us_per_query
         fl_q = fr.sat["flood"].qps / fr.sat["positive"].qps
         fl_c = fr.fixed["flood"].cpu_us_per_query / fr.fixed["positive"].cpu_us_per_query
         lines.append(
-            f"- {SERVERS[key][0]}: saturation {sat:.2f}x NSD "
+            f"- {SERVERS[key][0]} against {SERVERS[ref_key][0]}: saturation {sat:.2f}x "
             f"({'meets' if sat >= TARGET_SATURATION else 'misses'} >= {TARGET_SATURATION}x); "
-            f"CPU/query {cpu:.2f}x NSD ({'meets' if cpu <= TARGET_CPU else 'misses'} "
+            f"CPU/query {cpu:.2f}x ({'meets' if cpu <= TARGET_CPU else 'misses'} "
             f"<= {TARGET_CPU}x); flood vs positive: {fl_q:.2f}x qps, {fl_c:.2f}x CPU/query"
         )
     lines += [
@@ -677,7 +681,7 @@ def main() -> int:
         ap.error(f"unknown server {unknown}; choose from {','.join(SERVERS)}")
     need = (
         {"dnsperf"}
-        | ({"nsd"} if "nsd" in keys else set())
+        | ({"nsd"} if {"nsd", "nsd2"} & set(keys) else set())
         | ({"knotd"} if "knot" in keys else set())
     )
     missing = [b for b in sorted(need) if shutil.which(b) is None]
