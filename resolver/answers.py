@@ -24,7 +24,9 @@ On top, whole UDP replies that depend on nothing but the query's bytes are
 remembered by those bytes less the ID (``Table.replies``, as PowerDNS's packet
 cache), and the UDP transport looks there first: a repeated question costs one
 dict lookup and a copy. Negative answers below existing names are not put there
-(a flood of new names would only churn it); they stay templates.
+(a flood of new names would only churn it) but in ``Table.below``, per parent
+and length of the new first label: a flood costs two lookups and an existence
+check.
 
 Federated names come by the hundred thousand (a name per endpoint and per
 cluster of every service) and are kept compact in the zone (``zone.Lazy``):
