@@ -52,6 +52,11 @@ class StatsCollector:
             value=s.get("errors", 0),
         )
         yield CounterMetricFamily(
+            "fedns_udp_send_errors",
+            "UDP replies the kernel refused to send (lost, as on the wire; e.g. full buffers)",
+            value=s.get("udp_send_errors", 0),
+        )
+        yield CounterMetricFamily(
             "fedns_tcp_connections", "TCP connections accepted", value=s.get("tcp_connections", 0)
         )
         yield CounterMetricFamily(

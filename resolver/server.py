@@ -70,6 +70,7 @@ class Stats:
     errors: int = 0
     tcp_connections: int = 0
     tcp_refused: int = 0
+    udp_send_errors: int = 0
     rcodes: list[int] = field(default_factory=lambda: [0] * 16)
 
 
@@ -151,6 +152,8 @@ class UdpProtocol(asyncio.DatagramProtocol):
             self.transport.sendto(resp, addr)
 
     def error_received(self, exc: Exception) -> None:
+        # A reply the kernel would not send (an unconnected socket reports nothing else).
+        self.rt.stats.udp_send_errors += 1
         log.debug("udp_error", error=str(exc))
 
 
@@ -343,6 +346,7 @@ def _stats_dict(stats: Stats) -> dict[str, Any]:
         "errors": stats.errors,
         "tcp_connections": stats.tcp_connections,
         "tcp_refused": stats.tcp_refused,
+        "udp_send_errors": stats.udp_send_errors,
         "rcodes": list(stats.rcodes),
     }
 

@@ -164,7 +164,6 @@ class MmsgServer:
         self.family = sock.family
         self.namelen = 16 if sock.family == socket.AF_INET else 28
         self.stopping = False
-        self.send_errors = 0
         self._memo: dict[Any, tuple[Any, ...]] = {}
         self._failed: set[int] = set()
         # Anonymous mappings: pages are committed only when a datagram that
@@ -379,7 +378,7 @@ class MmsgServer:
                     continue
                 err = ctypes.get_errno() if sent < 0 else errno.EIO
             if err != errno.EINTR:
-                self.send_errors += 1
+                self.rt.stats.udp_send_errors += 1
                 if err not in _SEND_DROP and err not in self._failed:
                     self._failed.add(err)
                     log.error("udp_send_failed", error=errno.errorcode.get(err, str(err)))
@@ -398,4 +397,4 @@ class MmsgServer:
             try:
                 self.sock.sendto(resp, addr)
             except OSError:
-                self.send_errors += 1
+                self.rt.stats.udp_send_errors += 1
