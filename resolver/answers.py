@@ -524,6 +524,7 @@ class Table:
         # so the UDP transport answers it from here after one existence check
         # (``nodes``, ``lazy_names``), with the question echoed from the query.
         self.below: dict[bytes, tuple[bytes, int, int, dict[int, bytes]]] = {}
+        self._below_bodies = 0  # bodies in ``below``, the bound it is cleared at
         self.lazy_names: tuple[dict[bytes, Lazy], ...] = ()
         # Routers with entries in their memo, and how many entries were added
         # since the last clear (replaced routers' too: they count until then).
@@ -538,6 +539,7 @@ class Table:
         """Publish changed services; rebuild only the names they touch. Returns names rebuilt."""
         self.replies.clear()
         self.below.clear()
+        self._below_bodies = 0
         by_zone: dict[bytes, dict[bytes, dict[int, RRset] | Lazy | None]] = {}
         routers: dict[bytes, Router] = {}
         for ident in removed:
@@ -817,11 +819,15 @@ class Table:
     def _remember_below(self, data: bytes, reply: bytes, qend: int, z: int) -> None:
         first = data[12]
         key = data[2:12] + data[13 + first :]
+        if self._below_bodies >= _REPLIES_MAX:
+            # Up to 63 bodies per key: bounded by bodies, not keys (~100 bytes each).
+            self.below.clear()
+            self._below_bodies = 0
         hit = self.below.get(key)
         if hit is None:
-            if len(self.below) >= _REPLIES_MAX:
-                self.below.clear()
             hit = self.below[key] = (reply[2:12], len(data) - qend, z - 12 - first, {})
+        if first not in hit[3]:
+            self._below_bodies += 1
         hit[3][first] = reply[qend:]
 
     def _edns(self, rr: bytes) -> _Edns | None:
