@@ -16,7 +16,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
-from dnsclient import TIMEOUT_S, frame, make, tcp_connect, tcp_read
+from dnsclient import TIMEOUT_S, frame, make, tcp_connect, tcp_raw, tcp_read, udp_raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import RICH_ORIGIN, ServerProcess
@@ -225,3 +225,39 @@ def check_reply(data: bytes, replies: list[bytes]) -> None:
 @given(data=st.one_of(mutated(), st.binary(max_size=300)))
 def test_fuzz_never_crashes_and_replies_parse(rich_server: ServerProcess, data: bytes) -> None:
     check_reply(data, send_then_probe(rich_server.addr, data))
+
+
+PARENTS = [b"", b"\x04wild", b"\x03web", b"\x03ent", b"\x05child", b"\x05mixed"]
+ORIGIN_WIRE = b"".join(bytes((len(p),)) + p.encode() for p in RICH_ORIGIN.rstrip(".").split(".")) + b"\x00"
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    label=st.binary(min_size=1, max_size=63),
+    parent=st.sampled_from(PARENTS),
+    qtype=st.sampled_from([1, 16, 28, 255]),
+    edns=st.booleans(),
+)
+def test_any_first_label_below_a_name_is_answered_as_afresh(
+    rich_server: ServerProcess, label: bytes, parent: bytes, qtype: int, edns: bool
+) -> None:
+    """A name below an existing one, its first label any bytes at all (dots,
+    zero octets, capitals, bytes that look like pointers): over UDP it may be
+    answered from the negative replies remembered per parent (``Table.below``),
+    and must be exactly what the server answers over TCP, where every query is
+    answered afresh. Asked twice over UDP, so the second may come from memory."""
+    opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00" if edns else b""
+    wire = (
+        struct.pack(">HHHHHH", 0x4242, 0, 1, 0, 0, 1 if edns else 0)
+        + bytes((len(label),))
+        + label
+        + parent
+        + ORIGIN_WIRE
+        + struct.pack(">HH", qtype, 1)
+        + opt
+    )
+    fresh = tcp_raw(rich_server.addr, wire)
+    for _ in range(2):
+        assert udp_raw(rich_server.addr, wire) == fresh
