@@ -154,7 +154,7 @@ class _Srv(Lazy):
         return {T_SRV: rs} if rs is not None else {}
 
 
-def static_records(plan: ServicePlan) -> dict[bytes, dict[int, RRset] | Lazy]:
+def static_records(plan: ServicePlan) -> dict[bytes, Lazy]:
     """The plan's names with location-independent records.
 
     Location-dependent names carry here the records of every healthy endpoint
@@ -163,7 +163,7 @@ def static_records(plan: ServicePlan) -> dict[bytes, dict[int, RRset] | Lazy]:
     All are ``Lazy`` (compact until asked for; without records the name does not exist).
     """
     ttl = plan.policy.ttl
-    out: dict[bytes, dict[int, RRset] | Lazy] = {}
+    out: dict[bytes, Lazy] = {}
     healthy = [c for c in plan.candidates if c.healthy] or list(plan.candidates)
     out[key_of(plan.base)] = _addresses(healthy, ttl)
     members_of: dict[str, list[Candidate]] = {cl: [] for cl in plan.clusters}
