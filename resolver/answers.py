@@ -494,6 +494,7 @@ class Table:
         # and which nodes were built from compact names (dropped when too many).
         self._lazy_zones: tuple[tuple[Zone, Entry, Entry], ...] = ()
         self._lazy_built: set[bytes] = set()
+        self._zone_templates: dict[bytes, tuple[Entry, Entry]] = {}
         # UDP replies less their ID, by the query's bytes after its ID, for the
         # answers that depend on nothing else (not on the packet's source): the
         # UDP transport looks here before calling ``respond`` at all. Resolvers
@@ -571,7 +572,7 @@ class Table:
             # CNAME chains may lead into changed names: their cached answers go too.
             affected.update(zone.cnames)
             nodes = self.nodes
-            nx, nodata = nx_template(zone), nodata_template(zone)
+            nx, nodata = self._templates(zone)
             lazy = zone.lazy
             for k in affected:
                 router = routers.get(k)
@@ -590,11 +591,17 @@ class Table:
                 else:
                     nodes.pop(k, None)
                 rebuilt += 1
-        self._lazy_zones = tuple(
-            (z, nx_template(z), nodata_template(z)) for z in self.zones.values() if z.lazy
-        )
+        self._lazy_zones = tuple((z, *self._templates(z)) for z in self.zones.values() if z.lazy)
         self.lazy_names = tuple(z.lazy for z, _, _ in self._lazy_zones)
         return rebuilt
+
+    def _templates(self, zone: Zone) -> tuple[Entry, Entry]:
+        """The zone's NXDOMAIN and NODATA templates: built once, as its apex (the SOA
+        they hold) changes only with a new table."""
+        t = self._zone_templates.get(zone.okey)
+        if t is None:
+            t = self._zone_templates[zone.okey] = (nx_template(zone), nodata_template(zone))
+        return t
 
     def _clear_route_memos(self) -> None:
         memoized, self._memoized = self._memoized, []
