@@ -125,10 +125,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     import structlog
     from fakekube import write_kubeconfig
 
-    from resolver.fedconfig import ExportConfig
-    from resolver.model import Cluster, ServiceKey
-    from resolver.registry import Registry
-    from resolver.sources.kubernetes import KubernetesSource
+    from resolver.federation.config import ExportConfig
+    from resolver.federation.model import Cluster, ServiceKey
+    from resolver.federation.registry import Registry
+    from resolver.federation.sources.kubernetes import KubernetesSource
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     base_rss, _ = rss_mb()

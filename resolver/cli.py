@@ -9,7 +9,7 @@ from typing import Any
 
 from . import __version__, logs
 from .config import DEMO_CONFIG, ConfigError, load_config, parse_hostport
-from .zone import ZoneError
+from .dns.zone import ZoneError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,8 +71,8 @@ def _explain(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
     else:
-        from .explain import ExplainError
-        from .localexplain import explain_locally
+        from .app import explain_locally
+        from .federation.explain import ExplainError
 
         try:
             data = explain_locally(load_config(args.config), args.name, args.type, args.subnet)
@@ -112,7 +112,7 @@ def render_explain(d: dict[str, Any]) -> str:
 
 
 def _check(path: Path) -> int:
-    from .server import load_instance
+    from .app import load_instance
 
     try:
         cfg = load_config(path)
@@ -142,7 +142,7 @@ def _check(path: Path) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .app import serve
 
     try:
         cfg = load_config(args.config)

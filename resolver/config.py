@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from .wire import DEFAULT_UDP_PAYLOAD, MIN_UDP_PAYLOAD
+from .dns.wire import DEFAULT_UDP_PAYLOAD, MIN_UDP_PAYLOAD
 
-UDP_MODES = ("auto", "mmsg", "uvloop")  # dns.udp; resolver/udp.py picks for auto
+UDP_MODES = ("auto", "mmsg", "uvloop")  # dns.udp; resolver/serve/udp.py picks for auto
 
 
 def _demo_config() -> Path:

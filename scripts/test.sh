@@ -30,5 +30,8 @@ python3 -m ruff check resolver tests benchmarks
 echo "== types"
 python3 -m mypy resolver
 
+echo "== layers (import-linter contracts in pyproject.toml)"
+lint-imports
+
 echo "== tests"
 python3 -m pytest -q -p no:cacheprovider "$@"

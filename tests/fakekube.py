@@ -1005,7 +1005,7 @@ async def fake_kube() -> AsyncIterator[Any]:
 
 def fast_timings(**kw: Any) -> Any:
     """Watch timings for tests: sub-second timeouts and backoffs (same code paths as production)."""
-    from resolver.sources.kubernetes import WatchTimings
+    from resolver.federation.sources.kubernetes import WatchTimings
 
     base: dict[str, Any] = dict(
         watch_timeout_min=1,
@@ -1074,9 +1074,9 @@ async def running_registry(
 
     ``clusters`` adds per-cluster settings (``{"east": {"stale_after": 0.5}}``).
     """
-    from resolver.fedconfig import federation_from_dict
-    from resolver.registry import Registry
-    from resolver.sources import build_sources
+    from resolver.federation.config import federation_from_dict
+    from resolver.federation.registry import Registry
+    from resolver.federation.sources import build_sources
 
     raw = federation_config(kubes, directory)
     for c in raw["clusters"]:

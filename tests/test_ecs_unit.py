@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resolver.ecs import (
+from resolver.dns.ecs import (
     MAX_SOURCE,
     PRIVACY_PREFIX,
     clamp,
@@ -27,7 +27,7 @@ from resolver.ecs import (
     reply_option,
     special_block,
 )
-from resolver.wire import FormErr
+from resolver.dns.wire import FormErr
 
 # (label, option data, valid?)
 CASES: list[tuple[str, bytes, bool]] = [

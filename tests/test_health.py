@@ -13,7 +13,7 @@ import pytest
 from dnsclient import make, udp
 from servers import FednsFactory
 
-from resolver.health import ProbeSpec, ProbeState, Target, parse_probe, targets_for
+from resolver.federation.health import ProbeSpec, ProbeState, Target, parse_probe, targets_for
 
 ZONE = """$ORIGIN fed.example.test.
 $TTL 60

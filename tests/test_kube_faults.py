@@ -20,7 +20,7 @@ from fakekube import (
     until,
 )
 
-from resolver.model import ServiceKey
+from resolver.federation.model import ServiceKey
 
 fake_kube = fakekube.fake_kube  # the fake API server factory fixture
 

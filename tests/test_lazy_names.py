@@ -21,11 +21,14 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from resolver import answers
-from resolver.answers import Table
-from resolver.federation import PlanPort, ServicePlan, static_records
-from resolver.policy import Candidate, Policy
-from resolver.zone import Lazy, load_zone_file
+from resolver.dns import answers
+from resolver.dns.answers import Table
+from resolver.dns.zone import Lazy, load_zone_file
+from resolver.federation import router
+from resolver.federation.locator import Locator
+from resolver.federation.plan import PlanId, PlanPort, PlanUpdate, ServicePlan
+from resolver.federation.policy import Candidate, Policy
+from resolver.federation.router import Publisher, static_records
 
 ORIGIN = "fed.example.test."
 
@@ -84,22 +87,28 @@ def _eager(plan: ServicePlan) -> dict[bytes, object]:
     }
 
 
-def _tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Table, Table]:
+class _Published(Table):
+    """A table with its federation publisher, as a serving process holds them."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch | None = None) -> None:
+        super().__init__([load_zone_file(path, ORIGIN)])
+        self.publisher = Publisher(self, Locator())
+        self.monkeypatch = monkeypatch  # set: every record built up front (the reference)
+
+    def apply_plans(self, plans: list[ServicePlan], removed: list[PlanId] | tuple[()] = ()) -> None:
+        update = PlanUpdate(tuple(plans), tuple(removed))
+        if self.monkeypatch is None:
+            self.publisher.apply(update)
+            return
+        with self.monkeypatch.context() as m:
+            m.setattr(router, "static_records", _eager)
+            self.publisher.apply(update)
+
+
+def _tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[_Published, _Published]:
     path = tmp_path / "fed.zone"
     path.write_text(ZONE)
-    lazy = Table([load_zone_file(path, ORIGIN)])
-    eager = Table([load_zone_file(path, ORIGIN)])
-    eager.apply_plans = _with_eager_records(eager.apply_plans, monkeypatch)  # type: ignore[method-assign]
-    return lazy, eager
-
-
-def _with_eager_records(apply, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    def run(plans, removed=()):  # type: ignore[no-untyped-def]
-        with monkeypatch.context() as m:
-            m.setattr(answers, "static_records", _eager)
-            return apply(plans, removed)
-
-    return run
+    return _Published(path), _Published(path, monkeypatch)
 
 
 def _questions(plans: list[ServicePlan]) -> list[str]:
@@ -117,7 +126,7 @@ def _questions(plans: list[ServicePlan]) -> list[str]:
     return sorted(names) + [n.upper() for n in sorted(names)[::7]]
 
 
-def _compare(lazy: Table, eager: Table, plans: list[ServicePlan]) -> int:
+def _compare(lazy: _Published, eager: _Published, plans: list[ServicePlan]) -> int:
     compared = 0
     for name in _questions(plans):
         for t in TYPES:

@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resolver.config import ConfigError
-from resolver.ecs import PRIVACY_PREFIX, SPECIAL_BLOCKS, parse_ecs
-from resolver.locality import (
+from resolver.dns.ecs import PRIVACY_PREFIX, SPECIAL_BLOCKS, parse_ecs
+from resolver.federation.locality import (
     Locality,
     LocalityMap,
     Region,

@@ -26,9 +26,9 @@ from dnsclient import make, udp, udp_raw
 from refservers import DNSDIST, GDNSD, PDNS, have, start_dnsdist, start_gdnsd, start_pdns
 from test_ecs_unit import CASES
 
-from resolver.ecs import parse_ecs
-from resolver.locality import LocalityMap
-from resolver.wire import FormErr
+from resolver.dns.ecs import parse_ecs
+from resolver.dns.wire import FormErr
+from resolver.federation.locality import LocalityMap
 
 pytestmark = pytest.mark.reference
 

@@ -24,10 +24,10 @@ from fakekube import (
 )
 
 from resolver.config import ConfigError, load_config
-from resolver.fedconfig import federation_from_dict, parse_federation, parse_selector
-from resolver.model import Cluster, Endpoint, Port, ServiceKey, ServiceObject
-from resolver.registry import Registry
-from resolver.sources import build_sources
+from resolver.federation.config import federation_from_dict, parse_federation, parse_selector
+from resolver.federation.model import Cluster, Endpoint, Port, ServiceKey, ServiceObject
+from resolver.federation.registry import Registry
+from resolver.federation.sources import build_sources
 
 fake_kube = fakekube.fake_kube  # the fake API server factory fixture
 
@@ -66,8 +66,10 @@ DEMO_FED = {
             },
         }
     ],
-    "localities": [{"cidr": "10.0.0.0/8", "region": "us-east"}],  # reserved: passed through
-    "policies": {"anything": ["goes", 1]},
+    # Routing keys: parsed at load with the rest (Routing), their errors named there too.
+    "localities": [{"cidr": "10.0.0.0/8", "region": "us-east"}],
+    "regions": [{"name": "us-east"}],
+    "policies": {"shop/cart": {"policy": "weighted", "weights": {"east": 3}}},
 }
 
 
@@ -103,9 +105,9 @@ def test_demo_shaped_federation_parses() -> None:
     assert fed.zone == "global.example.test."
     assert [c.name for c in fed.clusters] == ["east", "west", "edge"]
     assert fed.clusters[1].weight == 50 and fed.clusters[2].gateway == ("127.3.0.1", "::1")
-    assert set(fed.routing) == {"localities", "policies"} and fed.routing["policies"] == {
-        "anything": ["goes", 1]
-    }
+    assert fed.routing.overrides == {"shop/cart": {"kind": "weighted", "weights": (("east", 3),)}}
+    lm = fed.routing.locator.localities
+    assert lm is not None and len(lm.rules) == 1
     (svc,) = fed.services
     assert svc.key == CART and svc.ports == (Port("https", 443, "TCP"),)
     assert dict(svc.annotations) == {"fedns.io/policy": "failover"}
@@ -143,6 +145,9 @@ def test_demo_shaped_federation_parses() -> None:
         ),
         ({"clusters": [{"name": "a", "reach": "loadbalancer"}]}, "federation.clusters[0].reach"),
         ({"export": {"mode": "some"}}, "federation.export.mode"),
+        ({"policies": {"anything": ["goes", 1]}}, "federation.policies.anything"),
+        ({"defaults": {"ttl": -1}}, "federation.defaults.ttl"),
+        ({"localities": [{"cidr": "10.0.0.0/33", "region": "x"}]}, "federation.localities[0].cidr"),
         ({"export": {"mode": "selector"}}, "federation.export.selector"),
         ({"export": {"mode": "selector", "selector": "a=b,,c"}}, "federation.export.selector"),
         ({"export": {"mode": "selector", "selector": "bad key!=x"}}, "federation.export.selector"),

@@ -12,9 +12,9 @@ import dns.message
 import pytest
 from servers import RICH_ORIGIN, RICH_ZONE
 
-from resolver import answers
-from resolver.answers import Table
-from resolver.zone import load_zone_file
+from resolver.dns import answers
+from resolver.dns.answers import Table
+from resolver.dns.zone import load_zone_file
 
 
 def test_caches_are_bounded_and_emptied_on_change(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,7 +32,7 @@ def test_caches_are_bounded_and_emptied_on_change(monkeypatch: pytest.MonkeyPatc
         q.flags = rnd.getrandbits(16) & 0x0110  # RD and CD: other reply bytes
         table.respond(q.to_wire(), False, ("127.0.0.1", 53))
         assert len(table.replies) <= 50
-        assert sum(len(b[3]) for b in table.below.values()) <= 50
+        assert sum(len(b.bodies) for b in table.below.values()) <= 50
     assert table.replies and table.below
-    table.apply_plans([])
+    table.publish({}, {})
     assert not table.replies and not table.below

@@ -26,6 +26,7 @@ C_IN, C_CH, C_ANY = 1, 3, 255
 OPT_ECS = 8
 DEFAULT_UDP_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation
 MIN_UDP_PAYLOAD = 512
+MAX_NAME = 255  # octets of a name in wire form (RFC 1035 3.1)
 
 _HDR = struct.Struct(">HBBHHHH")
 _OPT_FIXED = struct.Struct(">HHIH")
@@ -83,7 +84,7 @@ def parse_query(data: bytes) -> Query:
             # point into the header, so it is never valid here.
             raise FormErr("compression pointer or bad label type in question")
         pos += ln + 1
-    if pos - 12 > 255:
+    if pos - 12 > MAX_NAME:
         raise FormErr("question name longer than 255 octets")
     if pos + 4 > end:
         raise FormErr("question truncated")
@@ -131,7 +132,7 @@ def _skip_name(data: bytes, pos: int) -> int:
         if ln & 0xC0:
             raise FormErr("unknown label type")
         size += ln + 1
-        if size > 254:
+        if size >= MAX_NAME:  # with the root octet: longer than MAX_NAME
             raise FormErr("name longer than 255 octets")
         pos += ln + 1
 
@@ -212,35 +213,3 @@ def error_reply(q: Query, rcode: int, payload: int, with_question: bool = True) 
         1 if opt else 0,
     )
     return head + (q.question if with_question else b"") + opt
-
-
-def name_to_text(wire: bytes) -> str:
-    """Presentation form of an uncompressed wire name (for logs and the admin API)."""
-    labels = []
-    pos = 0
-    while pos < len(wire) and wire[pos]:
-        ln = wire[pos]
-        raw = wire[pos + 1 : pos + 1 + ln]
-        labels.append(
-            "".join(
-                chr(b) if 0x21 <= b <= 0x7E and b not in b'.\\"();' else f"\\{b:03d}" for b in raw
-            )
-        )
-        pos += ln + 1
-    return ".".join(labels) + "."
-
-
-def text_to_wire(name: str) -> bytes:
-    """Wire form of a presentation name (no escapes), lowercased."""
-    name = name.rstrip(".")
-    if not name:
-        return b"\x00"
-    out = bytearray()
-    for label in name.split("."):
-        raw = label.encode("ascii")
-        if not 0 < len(raw) < 64:
-            raise ValueError(f"bad label {label!r} in {name!r}")
-        out.append(len(raw))
-        out += raw
-    out.append(0)
-    return bytes(out).lower()

@@ -1,8 +1,9 @@
 """Why an answer is what it is: the decision trail for one (name, type, client).
 
-Used by ``GET /v1/explain`` and ``fedns explain``. It replays the same code the
-hot path runs (locator, policy, table) and renders the reply with dnslib, so
-what it shows is what a client would get.
+Used by ``GET /v1/explain`` and ``fedns explain``. It calls the code the hot
+path runs (``Router.route``'s placement, decision and ``Router.scope``; the
+table's entries) and renders the reply with dnslib, so what it shows is what a
+client would get.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Any
 
 from dnslib import QTYPE, DNSError, DNSRecord
 
-from .answers import Table
-from .ecs import ClientSubnet
-from .zone import key_of
+from ..dns.answers import Table
+from ..dns.ecs import ClientSubnet
+from ..dns.entries import Entry
+from ..dns.zone import key_of
+from .locator import Locator
+from .router import Router
 
 
 class ExplainError(ValueError):
@@ -50,8 +54,10 @@ def qtype_of(text: str | None) -> int:
     return val
 
 
-def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | None,
-            source: str | None = None) -> dict[str, Any]:
+def explain(table: Table, locator: Locator, name: str, qtype_text: str | None,
+            subnet_text: str | None, source: str | None = None) -> dict[str, Any]:
+    """The decision trail for ``name`` and type, for a client with ECS ``subnet_text``
+    and/or source address ``source``, as the table and ``locator`` serve it now."""
     if not name:
         raise ExplainError("name is required, e.g. name=cart.shop.global.example.test")
     qname = name if name.endswith(".") else name + "."
@@ -64,7 +70,9 @@ def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | 
         raise ExplainError(f"{name!r} is not a valid domain name") from None
     node = table.nodes.get(lname)
     router = node.router if node is not None else None
-    client, placement = table.locator.client(subnet, source)
+    if router is not None and not isinstance(router, Router):
+        raise TypeError(f"explain knows federation routers only, not {type(router).__name__}")
+    client, placement = (router.locator if router is not None else locator).client(subnet, source)
     out["client"] = {
         "from": placement.basis if placement is not None else ("ecs" if subnet else "source address"),
         "subnet": subnet_text,
@@ -74,12 +82,7 @@ def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | 
     if router is not None and router.handles(qtype):
         plan = router.plan
         d = router.decision(client, qtype)
-        scope = 0
-        if subnet is not None and d.depends_on != "nothing":
-            if placement is not None:
-                scope = router.scope(placement, d.depends_on, table.locator.localities, qtype)
-            elif d.depends_on == "subnet":
-                scope = min(subnet.source, 24 if subnet.family == 1 else 56)
+        scope = router.scope(subnet, placement, d.depends_on, qtype)
         out["source"] = "federation"
         out["service"] = {"namespace": plan.namespace, "name": plan.name, "zone": plan.zone}
         out["policy"] = {
@@ -91,7 +94,7 @@ def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | 
             "failover": list(plan.policy.failover),
             "weights": dict(plan.policy.weights),
         }
-        out["locality"] = table.locator.describe(subnet, source)
+        out["locality"] = router.locator.describe(subnet, source)
         out["scope"] = scope
         out["depends_on"] = d.depends_on
         out["candidates"] = [
@@ -111,12 +114,13 @@ def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | 
         out["steps"] = list(d.steps)
         entry, _ = router.answer(qtype, client)
     else:
-        entry = table.find(lname, qtype)
-        if entry is None:
+        found = table.find(lname, qtype)
+        if found is None:
             out["source"] = "none"
             out["steps"] = ["the name is in none of our zones: REFUSED"]
             out["answer"] = []
             return out
+        entry = found
         out["source"] = "zone"
         out["scope"] = 0
         out["depends_on"] = "nothing"
@@ -130,7 +134,7 @@ def explain(table: Table, name: str, qtype_text: str | None, subnet_text: str | 
     return out
 
 
-def _reply_bytes(entry: Any, qname: str, qtype: int) -> bytes:
+def _reply_bytes(entry: Entry, qname: str, qtype: int) -> bytes:
     q = DNSRecord.question(qname, QTYPE.get(qtype)).pack()
     question = q[12:]
     head = struct.pack(">HBB", 0, entry.flags1, entry.rcode) + entry.counts

@@ -36,11 +36,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from .fedconfig import ExportConfig, FederationConfig
+from .config import ExportConfig, FederationConfig
 from .model import (
     ENDPOINTSLICES,
     SERVICEEXPORTS,
@@ -57,9 +57,7 @@ from .model import (
     ServiceObject,
     SliceObject,
 )
-
-if TYPE_CHECKING:
-    from .sources import Source
+from .sources.base import ClusterSink, Source
 
 log = structlog.get_logger("fedns.registry")
 
@@ -146,8 +144,8 @@ def _key_of(obj: Any) -> ServiceKey:
     return key
 
 
-class ClusterSink:
-    """The write side of the registry for one cluster; what a ``Source`` gets."""
+class _Sink:
+    """The write side of the registry for one cluster (``sources.base.ClusterSink``)."""
 
     __slots__ = ("_reg", "_st")
 
@@ -295,7 +293,7 @@ class Registry:
     # -- running -----------------------------------------------------------------
 
     def sink(self, cluster: str) -> ClusterSink:
-        return ClusterSink(self, self._by_name[cluster])
+        return _Sink(self, self._by_name[cluster])
 
     def start(self) -> None:
         """Arm liveness timers (needs the running loop; ``run`` calls it)."""

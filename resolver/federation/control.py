@@ -1,9 +1,9 @@
-"""The control side of one fedns instance: sources -> registry -> plans -> answer tables.
+"""The control side of one fedns instance: sources -> registry -> plans -> published updates.
 
 One ``Control`` runs per instance (in the parent process when there are
 several serving workers), so each cluster's API is watched once and every
 worker gets the same ``ServicePlan`` updates. A registry change for a set of
-service keys becomes one ``publish(plans, removed)`` call; plans are plain
+service keys becomes one ``publish(PlanUpdate)`` call; plans are plain
 frozen data, cheap to pickle to the workers.
 """
 
@@ -12,42 +12,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from .fedconfig import FederationConfig
-from .federation import ServicePlan, plan_from_snapshot
+from .config import FederationConfig, Routing
 from .health import Prober, ProbeSpec, Target, parse_probe
-from .model import ServiceKey
-from .policy import Candidate, Policy
+from .model import FederatedService, ServiceKey
+from .plan import PlanId, PlanUpdate, ServicePlan, plan_from_snapshot
+from .policy import Candidate
 from .registry import Registry
+from .sources import build_sources
 
 log = structlog.get_logger("fedns.control")
 
-Publish = Callable[[Sequence[ServicePlan], Sequence[tuple[str, str, str]]], None]
+Publish = Callable[[PlanUpdate], None]
 
 
 class Control:
     def __init__(
-        self,
-        fed: FederationConfig,
-        defaults: Policy,
-        overrides: dict[str, dict[str, Any]],
-        publish: Publish,
-        registry: Registry | None = None,
-        probe: ProbeSpec | None = None,
+        self, fed: FederationConfig, publish: Publish, registry: Registry | None = None
     ) -> None:
         self.fed = fed
-        self.defaults = defaults
-        self.overrides = overrides
         self.publish = publish
         self.registry = registry if registry is not None else Registry.from_config(fed)
         self.plans: dict[ServiceKey, ServicePlan] = {}
         self._since: dict[tuple[ServiceKey, str, str], tuple[bool, float]] = {}
-        self.probe = probe
+        self.set_routing(fed.routing)
         self.prober: Prober | None = None
         self._targets: dict[ServiceKey, dict[Target, ProbeSpec]] = {}
         self.holding = True  # see release()
@@ -55,9 +48,17 @@ class Control:
         self._task: asyncio.Task[None] | None = None
         self._unsub: Callable[[], None] | None = None
 
-    async def start(self) -> None:
-        from .sources import build_sources
+    def set_routing(self, routing: Routing) -> None:
+        """Policies and the default probe (a reload that keeps the clusters); call
+        ``republish`` after it."""
+        self.defaults, self.overrides, self.probe = routing.defaults, routing.overrides, routing.probe
 
+    def republish(self) -> None:
+        """Plan every service again and publish all of it (into a new table)."""
+        self.plans.clear()
+        self.on_change(self.registry.keys())
+
+    async def start(self) -> None:
         self._unsub = self.registry.subscribe(self.on_change)
         self.prober = Prober(self._on_probe_flip)
         self._task = asyncio.create_task(self.registry.run(build_sources(self.fed)), name="fedns-registry")
@@ -101,7 +102,7 @@ class Control:
             plan = replace(plan, problems=(*plan.problems, problem))
         return replace(plan, candidates=tuple(self._stamp(key, c) for c in plan.candidates))
 
-    def _probe_spec(self, snap: Any) -> tuple[ProbeSpec | None, str]:
+    def _probe_spec(self, snap: FederatedService) -> tuple[ProbeSpec | None, str]:
         """The service's probe: ``fedns.io/probe`` annotation, else ``federation.health``."""
         for cs in snap.per_cluster:
             raw = cs.annotations.get("fedns.io/probe")
@@ -145,7 +146,7 @@ class Control:
             self._held.update(keys)
             return
         plans: list[ServicePlan] = []
-        removed: list[tuple[str, str, str]] = []
+        removed: list[PlanId] = []
         for key in keys:
             plan = self.plan(key)
             old = self.plans.get(key)
@@ -164,10 +165,7 @@ class Control:
         if self.prober is not None:
             self.prober.set_targets({t: sp for ts in self._targets.values() for t, sp in ts.items()})
         if plans or removed:
-            self.publish(plans, removed)
-
-    def all_plans(self) -> list[ServicePlan]:
-        return list(self.plans.values())
+            self.publish(PlanUpdate(tuple(plans), tuple(removed)))
 
     # -- views for the admin API --------------------------------------------------
 

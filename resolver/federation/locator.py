@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .ecs import PRIVACY_PREFIX, ClientSubnet
+from ..dns.ecs import PRIVACY_PREFIX, ClientSubnet
 from .locality import LocalityMap, Placement, RegionGraph, parse_host, subnet_key
 from .policy import Client
 

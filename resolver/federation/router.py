@@ -1,4 +1,4 @@
-"""Federated names: from registry snapshots to DNS records and per-client answers.
+"""A plan in a serving process: its zone records, its ``Router``s, and the publisher.
 
 For a service ``<svc>`` in namespace ``<ns>`` under federation zone ``Z``:
 
@@ -12,84 +12,33 @@ For a service ``<svc>`` in namespace ``<ns>`` under federation zone ``Z``:
                                        targets ``<host>.<cluster>.<svc>.<ns>.Z``
 =====================================  ==========================================
 
-The control side turns each registry snapshot into a ``ServicePlan`` (plain,
-picklable data: it is what goes to the serving workers). Each worker turns a
-plan into zone records (so NXDOMAIN/NODATA/ENT semantics stay the zone's) and
-``Router`` objects that pick the per-client answer and cache its wire bytes
-per (type, locality bucket).
+Each serving process turns a ``ServicePlan`` into zone records (so
+NXDOMAIN/NODATA/ENT semantics stay the zone's) and ``Router`` objects (the
+answer table's ``Router`` protocol) that place the client, pick its answer and
+cache the wire bytes per (type, locality bucket). ``Publisher`` applies plans
+to one answer table; ``explain`` calls the same ``Router`` code the hot path does.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dnslib import SRV, DNSLabel
 
-from .policy import Candidate, Client, Decision, Policy, decide, policy_fields, with_fields
-from .wire import T_A, T_AAAA, T_SRV
-from .zone import Addresses, Lazy, RRset, key_of
-
-_LABEL_OK = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
-
-
-@dataclass(frozen=True, slots=True)
-class PlanPort:
-    name: str
-    port: int
-    protocol: str  # "tcp" / "udp" / "sctp", lowercase as in SRV labels
-
-
-@dataclass(frozen=True, slots=True)
-class ServicePlan:
-    """All a worker needs to answer for one federated service."""
-
-    zone: str  # federation zone origin, absolute
-    namespace: str
-    name: str
-    policy: Policy
-    ports: tuple[PlanPort, ...]
-    candidates: tuple[Candidate, ...]
-    clusters: tuple[str, ...]
-    problems: tuple[str, ...] = ()  # annotation values that were ignored, for explain/logs
-
-    @property
-    def base(self) -> str:
-        return f"{self.name}.{self.namespace}.{self.zone}"
-
-    @property
-    def ident(self) -> tuple[str, str, str]:
-        return (self.zone, self.namespace, self.name)
-
-
-def endpoint_label(hostname: str | None, addresses: Sequence[str]) -> str:
-    """The DNS label of one endpoint: its hostname, else its first address with dashes."""
-    if hostname and _LABEL_OK.match(hostname.lower()):
-        return hostname.lower()
-    if not addresses:
-        return "endpoint"
-    return addresses[0].replace(".", "-").replace(":", "-").lower()
-
-
-def split_families(addresses: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    v4: list[str] = []
-    v6: list[str] = []
-    for a in addresses:
-        try:
-            ip = ipaddress.ip_address(a)
-        except ValueError:
-            continue
-        (v4 if ip.version == 4 else v6).append(str(ip))
-    return tuple(v4), tuple(v6)
-
+from ..dns.answers import Table
+from ..dns.ecs import PRIVACY_PREFIX, ClientSubnet
+from ..dns.entries import Entry
+from ..dns.wire import T_A, T_AAAA, T_SRV
+from ..dns.zone import Addresses, Lazy, RRset, key_of
+from .locality import Placement
+from .locator import Locator
+from .plan import PlanId, PlanPort, PlanUpdate, ServicePlan
+from .policy import Candidate, Client, Decision, decide
 
 # -- records ------------------------------------------------------------------
-
-
 
 
 def _srv_rrset(owner: str, plan: ServicePlan, port: PlanPort, decision: Decision) -> RRset | None:
@@ -185,7 +134,7 @@ def static_records(plan: ServicePlan) -> dict[bytes, Lazy]:
 # -- per-client answers ---------------------------------------------------------
 
 
-RegionOrder = Callable[[str | None], Sequence[str]]
+Build = Callable[[RRset | None, int], Entry]
 
 
 class Router:
@@ -202,26 +151,26 @@ class Router:
         "_scopes",
         "build",
         "kind",
+        "locator",
         "memo",
         "plan",
         "port",
-        "region_order",
     )
 
     def __init__(
         self,
         plan: ServicePlan,
         kind: str,  # "service" or "srv"
-        region_order: RegionOrder,
-        build: Callable[[RRset | None, int], Any],
+        locator: Locator,
+        build: Build,
         port: PlanPort | None = None,
     ) -> None:
         self.plan = plan
         self.kind = kind
         self.port = port
-        self.region_order = region_order
+        self.locator = locator
         self.build = build
-        self._cache: dict[tuple[int, object], tuple[Any, str]] = {}
+        self._cache: dict[tuple[int, object], tuple[Entry, str]] = {}
         self._scopes: dict[int, Any] = {}
         self._family: dict[int, tuple[Candidate, ...]] = {}
         # For the answer table's hot path: whole per-query results (Entry, OPT
@@ -229,14 +178,31 @@ class Router:
         # client costs one lookup. Holds only what ``answer``/``scope`` give.
         self.memo: dict[object, Any] = {}
 
-    def scope(self, placement: Any, depends: str, localities: Any, qtype: int = 0) -> int:
-        """The ECS SCOPE of this name's answer for ``placement``.
+    def route(self, qtype: int, subnet: ClientSubnet | None, addr: Any) -> tuple[Entry, int, bool]:
+        """The answer table's call (``entries.Router``): place the client, answer,
+        and the reply's ECS SCOPE; and whether the placement used ``subnet`` alone."""
+        client, placement = self.locator.client(subnet, addr)
+        e, depends = self.answer(qtype, client)
+        scope = self.scope(subnet, placement, depends, qtype)
+        free = subnet is not None and Locator.source_free(subnet, placement)
+        return e, scope, free
+
+    def scope(
+        self, subnet: ClientSubnet | None, placement: Placement | None, depends: str, qtype: int
+    ) -> int:
+        """The ECS SCOPE of this name's answer for a client (0 without ECS).
 
         Per subnet (weighted): the bits the hash used. Per locality: the widest
         block around the client over which *this service's answer* is the same
         (``LocalityMap.scope_table``), so a service that answers every region
-        alike gets SCOPE 0 and resolvers cache it once.
+        alike gets SCOPE 0 and resolvers cache it once. Without a locality map,
+        a weighted answer holds for the subnet as far as the privacy clamp.
         """
+        if subnet is None or depends == "nothing":
+            return 0
+        localities = self.locator.localities
+        if placement is None or localities is None:
+            return min(subnet.source, PRIVACY_PREFIX[subnet.family]) if depends == "subnet" else 0
         if depends == "subnet":
             return int(placement.subnet_scope)
         table = self._scopes.get(qtype)
@@ -273,9 +239,9 @@ class Router:
                     c for c in cands if (c.v4 if qtype == T_A else c.v6)
                 )
             cands = fam
-        return decide(self.plan.policy, cands, client, self.region_order)
+        return decide(self.plan.policy, cands, client, self.locator.region_order)
 
-    def answer(self, qtype: int, client: Client) -> tuple[Any, str]:
+    def answer(self, qtype: int, client: Client) -> tuple[Entry, str]:
         """(Entry, what it depends on: "nothing" | "locality" | "subnet")."""
         key = (qtype, self.bucket(client))
         hit = self._cache.get(key)
@@ -297,116 +263,39 @@ class Router:
         return result
 
 
-def routers_for(
-    plan: ServicePlan,
-    region_order: RegionOrder,
-    build_for: Callable[[str], Callable[[RRset | None, int], Any]],
-) -> dict[bytes, Router]:
-    out = {key_of(plan.base): Router(plan, "service", region_order, build_for(plan.base))}
+def routers_for(plan: ServicePlan, locator: Locator, build_for: Callable[[str], Build]) -> dict[bytes, Router]:
+    out = {key_of(plan.base): Router(plan, "service", locator, build_for(plan.base))}
     for p in plan.ports:
         owner = srv_owner(plan, p)
-        out[key_of(owner)] = Router(plan, "srv", region_order, build_for(owner), p)
+        out[key_of(owner)] = Router(plan, "srv", locator, build_for(owner), p)
     return out
 
 
-# -- from the registry's model ---------------------------------------------------
+class Publisher:
+    """Applies plans to one answer table: the names each plan has, and their routers."""
 
+    def __init__(self, table: Table, locator: Locator) -> None:
+        self.table = table
+        self.locator = locator
+        # Each plan's names, as a tuple: a set per plan costs ~8x the memory.
+        self.names: dict[PlanId, tuple[bytes, ...]] = {}
 
-def policy_from(
-    base: Policy, annotations: Mapping[str, str], override: Mapping[str, Any] | None = None
-) -> tuple[Policy, tuple[str, ...]]:
-    """The effective policy: config defaults, then config per service, then
-    ``fedns.io/<key>`` Service annotations. A bad annotation is skipped and
-    reported (it is the cluster owner's input, not ours to crash on)."""
-    policy = with_fields(base, dict(override or {}))
-    problems: list[str] = []
-    for k, v in annotations.items():
-        if not k.startswith("fedns.io/"):
-            continue
-        field_name = k.removeprefix("fedns.io/").replace("-", "_")
-        try:
-            policy = with_fields(policy, policy_fields({field_name: v}, "annotation"))
-        except ValueError as e:
-            problems.append(f"{k}={v!r} ignored: {str(e).removeprefix('annotation.')}")
-    return policy, tuple(problems)
-
-
-def plan_from_snapshot(
-    zone: str,
-    fs: Any,
-    defaults: Policy,
-    override: Mapping[str, Any] | None = None,
-    health: Callable[[str, str], tuple[bool, str, float] | None] | None = None,
-) -> ServicePlan:
-    """A ``ServicePlan`` from a registry ``FederatedService`` snapshot.
-
-    ``health(cluster, address)`` may overrule readiness with an active probe
-    result: (healthy, reason, since), or None when the endpoint is not probed.
-    """
-    annotations: dict[str, str] = {}
-    ports: dict[tuple[str, str], PlanPort] = {}
-    cands: list[Candidate] = []
-    clusters: list[str] = []
-    for cs in fs.per_cluster:
-        cl = cs.cluster
-        clusters.append(cl.name)
-        annotations.update(cs.annotations)
-        for p in cs.ports:
-            if p.name and _LABEL_OK.match(p.name.lower()):
-                proto = p.protocol.lower()
-                ports.setdefault((p.name.lower(), proto), PlanPort(p.name.lower(), p.port, proto))
-        for ep in cs.endpoints:
-            v4, v6 = split_families(ep.addresses)
-            if not v4 and not v6:
+    def apply(self, update: PlanUpdate) -> int:
+        """Publish changed plans and drop removed ones. Returns the names rebuilt."""
+        plans, removed = update.plans, update.removed
+        zones: dict[bytes, tuple[set[bytes], dict[bytes, Lazy]]] = {}
+        routers: dict[bytes, Router] = {}
+        for ident in removed:
+            gone, _ = zones.setdefault(key_of(ident[0]), (set(), {}))
+            gone.update(self.names.pop(ident, ()))
+        for plan in plans:
+            okey = key_of(plan.zone)
+            if okey not in self.table.zones:
                 continue
-            healthy = bool(ep.ready)
-            reason = "ready" if ep.ready else ("terminating" if ep.terminating else "not ready")
-            since = 0.0
-            if health is not None:
-                probe = health(cl.name, (v4 + v6)[0])
-                if probe is not None and healthy:
-                    healthy, since = probe[0], probe[2]
-                    reason = f"ready; probe {'up' if healthy else 'down'}: {probe[1]}"
-            if cs.stale:
-                reason += " (cluster stale: last-known data)"
-            cands.append(
-                Candidate(
-                    cluster=cl.name,
-                    region=cl.region,
-                    zone=ep.zone or cl.zone,
-                    name=endpoint_label(ep.hostname, v4 + v6),
-                    v4=v4,
-                    v6=v6,
-                    healthy=healthy,
-                    health_reason=reason,
-                    weight=cl.weight,
-                    since=since,
-                )
-            )
-    policy, problems = policy_from(defaults, annotations, override)
-    return ServicePlan(
-        zone=zone,
-        namespace=fs.key.namespace.lower(),
-        name=fs.key.name.lower(),
-        policy=policy,
-        ports=tuple(ports.values()),
-        candidates=tuple(_unique_names(cands)),
-        clusters=tuple(clusters),
-        problems=problems,
-    )
-
-
-def _unique_names(cands: list[Candidate]) -> list[Candidate]:
-    """Two endpoints of one cluster must not share a DNS label (e.g. equal hostnames)."""
-    from dataclasses import replace
-
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for c in cands:
-        if (c.cluster, c.name) in seen:
-            c = replace(c, name=endpoint_label(None, c.v4 + c.v6))
-        if (c.cluster, c.name) in seen:
-            continue
-        seen.add((c.cluster, c.name))
-        out.append(c)
-    return out
+            gone, records = zones.setdefault(okey, (set(), {}))
+            mine = static_records(plan)
+            gone.update(k for k in self.names.get(plan.ident, ()) if k not in mine)
+            records.update(mine)
+            routers.update(routers_for(plan, self.locator, self.table.builder))
+            self.names[plan.ident] = tuple(mine)
+        return self.table.publish(zones, routers)

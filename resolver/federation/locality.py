@@ -58,8 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, _Reader
-from .ecs import (
+from ..config import ConfigError, _Reader
+from ..dns.ecs import (
     FAMILY_IPV4,
     FAMILY_IPV6,
     MAX_SOURCE,

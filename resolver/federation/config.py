@@ -18,10 +18,17 @@
           endpoints:
             west: [{addresses: [127.2.0.1], ready: true, hostname: cart-0, zone: us-west-1a}]
 
-Errors are ``ConfigError`` naming the file and key path
-(``federation.clusters[1].reach``). The keys ``localities``, ``regions``,
-``policies``, ``defaults`` and ``mmdb`` belong to routing and are passed
-through untouched in ``FederationConfig.routing``.
+      defaults: {policy: locality, ttl: 10, max_answers: 8, min_healthy_fraction: 0.0, fail_open: true}
+      policies:
+        shop/cart: {policy: failover, failover: [east, west]}
+        shop/ads: {policy: weighted, weights: {east: 3, west: 1}}
+      localities: [{cidr: 10.1.0.0/16, region: us-east, zone: us-east-1a}, ...]
+      regions: [{name: us-east, lat: 39.0, lon: -77.5, prefer: [us-west]}, ...]
+      health: {probe: tcp, port: 443, interval: 0.5, timeout: 0.4, rise: 2, fall: 2}
+
+The whole section is parsed at load, routing included (``Routing``), so
+``fedns check`` reports every error. Errors are ``ConfigError`` naming the file
+and key path (``federation.clusters[1].reach``).
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import Config, ConfigError, _Reader, absolute_name
+from ..config import Config, ConfigError, _Reader, absolute_name
+from . import locality
+from .health import ProbeSpec, parse_probe
+from .locator import Locator
 from .model import (
     REACH_MODES,
     STALE_POLICIES,
@@ -44,6 +54,7 @@ from .model import (
     ServiceKey,
     fedns_annotations,
 )
+from .policy import Policy, policy_fields, with_fields
 
 ExportMode = Literal["all", "selector", "serviceexport"]
 ROUTING_KEYS = frozenset({"localities", "regions", "policies", "defaults", "mmdb", "health"})
@@ -198,7 +209,10 @@ class FederationConfig:
     clusters: tuple[Cluster, ...]
     export: ExportConfig = ExportConfig()
     services: tuple[StaticService, ...] = ()
-    routing: Mapping[str, Any] = FrozenMap()  # reserved keys, untouched (raw YAML values)
+    # How answers are chosen. Not part of equality: two configs that watch the
+    # same clusters the same way are equal, so a reload that only changes
+    # routing keeps the watches and republishes.
+    routing: Routing = field(default_factory=lambda: Routing(), compare=False)
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:
@@ -242,8 +256,8 @@ def federation_from_dict(raw: Any, path: Path | None = None) -> FederationConfig
 
     export = _export(r, fed.get("export"), "federation.export")
     services = _services(r, fed.get("services"), "federation.services", clusters)
-    routing = {k: fed[k] for k in ROUTING_KEYS if k in fed}
-    return FederationConfig(zone, tuple(clusters), export, services, FrozenMap(routing))
+    routing = parse_routing({k: fed[k] for k in ROUTING_KEYS if k in fed}, path)
+    return FederationConfig(zone, tuple(clusters), export, services, routing)
 
 
 def _cluster(r: _Reader, raw: Any, key: str, base: Path) -> Cluster:
@@ -468,11 +482,56 @@ def _str_list(r: _Reader, v: Any, key: str) -> list[str]:
     return list(v)
 
 
+
+
+# -- routing: policies, localities, the default probe -------------------------
+
+DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The routing keys of ``federation:``, parsed."""
+
+    defaults: Policy = DEFAULT_POLICY
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    locator: Locator = field(default_factory=Locator)
+    probe: ProbeSpec | None = None  # default active probe for every federated service
+
+
+def parse_routing(routing: Any, path: Path | None) -> Routing:
+    where = f"{path}: " if path else ""
+    raw = dict(routing or {})
+    try:
+        defaults = with_fields(DEFAULT_POLICY, policy_fields(raw.get("defaults") or {}, "federation.defaults"))
+        overrides: dict[str, dict[str, Any]] = {}
+        pol = raw.get("policies") or {}
+        if not isinstance(pol, dict):
+            raise ValueError("federation.policies: expected a mapping of 'namespace/name' to settings")
+        for svc, settings in pol.items():
+            if not isinstance(svc, str) or svc.count("/") != 1:
+                raise ValueError(f"federation.policies.{svc}: key must be 'namespace/name'")
+            overrides[svc.lower()] = policy_fields(settings, f"federation.policies.{svc}")
+        probe = parse_probe(raw.get("health"), "federation.health")
+    except ValueError as e:
+        raise ConfigError(f"{where}{e}") from None
+    return Routing(defaults, overrides, build_locator(raw, path), probe)
+
+
+def build_locator(raw: dict[str, Any], path: Path | None) -> Locator:
+    if not any(k in raw for k in ("localities", "regions", "mmdb")):
+        return Locator()
+    regions = locality.parse_regions(raw, path)
+    lmap = locality.parse_localities(raw, path, regions)
+    return Locator(lmap, regions)
+
+
 __all__ = [
     "ConfigError",
     "ExportConfig",
     "FederationConfig",
     "LabelSelector",
+    "Routing",
     "StaticService",
     "federation_from_dict",
     "parse_federation",

@@ -1,6 +1,8 @@
 """Admin HTTP API (aiohttp): health, readiness, metrics, registry and explain.
 
 Loopback by default: it shows the service map and is not meant for the world.
+It knows nothing of the federation: what it shows comes from the callables
+the instance (``resolver.app``) gives it.
 
 - ``GET /healthz``: the process is alive.
 - ``GET /readyz``: 200 once zones are loaded and every cluster has synced once.
@@ -20,8 +22,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .answers import Table
-from .explain import ExplainError, explain
+# explain(name, type, subnet, source): the decision trail; ValueError for bad input.
+Explain = Callable[[str, str | None, str | None, str | None], dict[str, Any]]
 
 RCODES = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
 
@@ -102,13 +104,13 @@ class Admin:
 
     def __init__(
         self,
-        table: Callable[[], Table],
+        explain: Explain,
         stats: Callable[[], dict[str, Any]],
         registry: Callable[[], dict[str, Any]] = dict,
         clusters: Callable[[], dict[str, Any]] = dict,
         ready: Callable[[], tuple[bool, str]] = lambda: (True, "ok"),
     ) -> None:
-        self.table = table
+        self.explain = explain
         self.stats = stats
         self.registry = registry
         self.clusters = clusters
@@ -151,8 +153,8 @@ class Admin:
     async def v1_explain(self, req: web.Request) -> web.Response:
         q = req.query
         try:
-            data = explain(self.table(), q.get("name", ""), q.get("type"), q.get("subnet"), q.get("source"))
-        except ExplainError as e:
+            data = self.explain(q.get("name", ""), q.get("type"), q.get("subnet"), q.get("source"))
+        except ValueError as e:  # bad input; the message says what to send instead
             return _json({"error": str(e)}, status=400)
         return _json(data)
 

@@ -1,4 +1,4 @@
-"""Batched UDP serving: one thread per serving process in ``recvmmsg``/``sendmmsg``.
+"""DNS over UDP: batched in a thread (``recvmmsg``/``sendmmsg``), or one datagram at a time on uvloop.
 
 Why: with one ``recvmsg`` and one ``sendmsg`` per packet (the uvloop
 transport) the per-packet system-call and event-loop cost is as large as
@@ -11,7 +11,7 @@ calls) while the event loop thread keeps TCP, the admin API and control.
 
 Threads share one rule with the event loop: a batch is answered under
 ``Runtime.lock``, which the loop thread also holds while it changes the
-table in place (``apply_plans``), so a query never sees a half-applied update,
+table in place (``Runtime.update``), so a query never sees a half-applied update,
 as it could not when everything ran on the loop thread.
 
 Replies reuse the receive buffers: the query is copied out to ``bytes``
@@ -41,12 +41,11 @@ import struct
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-if TYPE_CHECKING:
-    from .server import Runtime
+from .runtime import Runtime
 
 log = structlog.get_logger("fedns.udp")
 
@@ -275,44 +274,10 @@ class MmsgServer:
             keys = names_q[: n * qstep : qstep].tolist() if v4 else None
             j = 0
             with lock:
-                table = rt.table  # swapped whole on reload
-                respond = table.respond
-                replies = table.replies
-                below = table.below
-                nodes = table.nodes
-                lazy_names = table.lazy_names
+                respond = rt.table.respond  # the table is swapped whole on reload
                 for i in range(n):
                     off = i * SLOT
                     data = mv[off : off + lens[i]].tobytes()
-                    hit = replies.get(data[2:])
-                    if hit is None and below:
-                        # A new name below one that exists (Table.below): the same
-                        # reply as for any other such name of that length, unless
-                        # the name exists after all.
-                        first = data[12] if len(data) > 12 else 0
-                        neg = below.get(data[2:12] + data[13 + first :]) if 0 < first < 64 else None
-                        if neg is not None:
-                            tail = neg[3].get(first)
-                            end = 13 + first + neg[2]
-                            if tail is not None and end <= 267:
-                                name = data[12:end].lower()
-                                if name not in nodes and not (
-                                    lazy_names and any(name in m for m in lazy_names)
-                                ):
-                                    hit = b"".join((neg[0], data[12 : len(data) - neg[1]], tail))
-                    if hit is not None:
-                        # A remembered reply: only the ID differs, and it is in place
-                        # when the reply goes back into the query's own slot.
-                        size = len(hit) + 2
-                        o = j * SLOT
-                        if j != i:
-                            mv[o : o + 2] = data[:2]
-                            names[j * _NAME : j * _NAME + nl] = names[i * _NAME : i * _NAME + nl]
-                        mv[o + 2 : o + size] = hit
-                        slen[2 * j + 1] = size
-                        rcodes[hit[1] & 0x0F] += 1
-                        j += 1
-                        continue
                     if keys is not None:
                         key: Any = keys[i]
                     else:
@@ -388,13 +353,39 @@ class MmsgServer:
     # -- on the event loop thread ---------------------------------------------------
 
     def _defer(self, data: bytes, addr: Any) -> None:
-        task = self.loop.create_task(self.rt.answer_after_sync(data, False, addr))
-        task.add_done_callback(lambda t: self._late(t, addr))
+        self.rt.later(data, False, addr, lambda r: self._late(r, addr))
 
-    def _late(self, task: asyncio.Task[bytes | None], addr: Any) -> None:
-        resp = None if task.cancelled() or task.exception() else task.result()
-        if resp and not self.stopping:
+    def _late(self, resp: bytes, addr: Any) -> None:
+        if not self.stopping:
             try:
                 self.sock.sendto(resp, addr)
             except OSError:
                 self.rt.stats.udp_send_errors += 1
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        rt = self.rt
+        rt.stats.udp_queries += 1
+        resp = rt.answer(data, False, addr)
+        if resp:
+            if self.transport is not None:
+                self.transport.sendto(resp, addr)
+        elif resp is not None:  # WAIT: answered once the federation has synced
+            rt.later(data, False, addr, lambda r: self._late(r, addr))
+
+    def _late(self, resp: bytes, addr: Any) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(resp, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # A reply the kernel would not send (an unconnected socket reports nothing else).
+        self.rt.stats.udp_send_errors += 1
+        log.debug("udp_error", error=str(exc))

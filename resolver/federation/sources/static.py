@@ -7,13 +7,10 @@ EndpointSlice endpoints would be, so reach modes (pod, gateway) apply the same.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
+from ..config import StaticService
 from ..model import ENDPOINTSLICES, SERVICES, Cluster, ServiceObject, SliceObject
-
-if TYPE_CHECKING:
-    from ..fedconfig import StaticService
-    from ..registry import ClusterSink
+from .base import ClusterSink
 
 
 class StaticSource:

@@ -1,27 +1,16 @@
 """Where the registry's data comes from: one ``Source`` per cluster.
 
 A source knows one cluster and writes what it learns into that cluster's
-``ClusterSink`` (see ``resolver.registry``); ``Registry.run`` starts them.
+``ClusterSink`` (both protocols are in ``base.py``); ``Registry.run`` starts them.
 See README.md in this directory for what is watched and how faults are handled.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from ..model import Cluster
-
-if TYPE_CHECKING:
-    from ..fedconfig import FederationConfig
-    from ..registry import ClusterSink
-
-
-class Source(Protocol):
-    cluster: Cluster
-
-    async def run(self, sink: ClusterSink) -> None:
-        """Feed ``sink`` until cancelled (a static source may return once it has written)."""
-        ...
+from ..config import FederationConfig
+from .base import ClusterSink, Source
 
 
 def build_sources(fed: FederationConfig, **kube_options: Any) -> list[Source]:
@@ -41,4 +30,4 @@ def build_sources(fed: FederationConfig, **kube_options: Any) -> list[Source]:
     return out
 
 
-__all__ = ["Source", "build_sources"]
+__all__ = ["ClusterSink", "Source", "build_sources"]

@@ -45,12 +45,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import structlog
 from kubernetes_asyncio import client, config
 
+from ..config import ExportConfig
 from ..model import (
     ENDPOINTSLICES,
     SERVICEEXPORTS,
@@ -67,10 +68,7 @@ from ..model import (
     SliceObject,
     fedns_annotations,
 )
-
-if TYPE_CHECKING:
-    from ..fedconfig import ExportConfig
-    from ..registry import ClusterSink
+from .base import ClusterSink
 
 log = structlog.get_logger("fedns.kube")
 

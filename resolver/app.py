@@ -1,0 +1,306 @@
+"""One fedns instance, wired: the only module that knows both the serving side and the federation.
+
+``load_instance`` loads everything a config names (zones, the ``federation:``
+section with its routing) and fails before anything is served. ``serve`` runs
+it: one process, or a control process and ``--workers N`` serving ones. The
+control side (``Supervisor``: the federation's ``Control``, reloads, the
+admin API) runs once per instance whatever N is; what it publishes reaches
+every serving table through ``Instance.apply``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from .config import Config, ConfigError, load_config
+from .dns.answers import Table
+from .dns.zone import Zone, key_of, load_zone_file
+from .federation.config import FederationConfig, Routing, parse_federation
+from .federation.control import Control
+from .federation.explain import explain
+from .federation.plan import PlanUpdate
+from .federation.router import Publisher
+from .serve.admin import Admin, start_admin
+from .serve.runtime import Runtime
+from .serve.transports import bind_sockets, install_uvloop, run_transports
+from .serve.udp import resolve_mode
+from .serve.workers import Publish, Reload, Synced, WorkerPool
+
+log = structlog.get_logger("fedns.app")
+
+
+@dataclass
+class Instance:
+    """Everything loaded from one config, validated as a whole before it is used:
+    the answer table, and (with a federation) how plans are published into it."""
+
+    cfg: Config
+    table: Table
+    fed: FederationConfig | None
+    publisher: Publisher | None
+
+    @property
+    def routing(self) -> Routing:
+        return self.fed.routing if self.fed is not None else Routing()
+
+    def waiting(self) -> tuple[bytes, ...]:
+        """The zones whose not-yet-synced names are held at startup."""
+        return (key_of(self.fed.zone),) if self.fed is not None else ()
+
+    def apply(self, update: PlanUpdate) -> None:
+        if self.publisher is not None:
+            self.publisher.apply(update)
+
+    def explain(
+        self, name: str, qtype: str | None, subnet: str | None, source: str | None = None
+    ) -> dict[str, Any]:
+        return explain(self.table, self.routing.locator, name, qtype, subnet, source)
+
+
+def load_instance(cfg: Config) -> Instance:
+    """Load zones, federation and routing; any error raises before anything is served."""
+    fed = parse_federation(cfg)
+    zones: list[Zone] = [load_zone_file(z.file, z.origin) for z in cfg.zones]
+    if fed is not None and not any(z.origin == fed.zone for z in cfg.zones):
+        raise ConfigError(
+            f"{cfg.path}: federation.zone: {fed.zone} is not one of the configured zones; "
+            "add it under zones: with its SOA/NS zone file"
+        )
+    table = Table(zones, cfg.max_udp_payload, cfg.identity, cfg.version)
+    publisher = Publisher(table, fed.routing.locator) if fed is not None else None
+    return Instance(cfg, table, fed, publisher)
+
+
+def reload_instance(cfg: Config) -> tuple[Config, Instance]:
+    """The config read again from its file (the same one without a file), loaded."""
+    new_cfg = load_config(cfg.path) if cfg.path else cfg
+    return new_cfg, load_instance(new_cfg)
+
+
+class Supervisor:
+    """Owns the control side of an instance: config reloads, the federation
+    control loop, the first sync and the admin API. ``publish`` fans updates out
+    to whoever serves; ``on_synced`` tells them the first sync is done."""
+
+    def __init__(
+        self,
+        inst: Instance,
+        publish: Callable[[Instance, PlanUpdate], None],
+        on_reload: Callable[[Instance], None],
+        stats: Callable[[], dict[str, Any]],
+        on_synced: Callable[[], None],
+    ) -> None:
+        self.inst = inst
+        self._publish = publish
+        self._on_reload = on_reload
+        self._stats = stats
+        self._on_synced = on_synced
+        self._sync_task: asyncio.Task[None] | None = None
+        self.control: Control | None = None
+        self.admin_runner: Any = None
+
+    @property
+    def cfg(self) -> Config:
+        return self.inst.cfg
+
+    def publish(self, update: PlanUpdate) -> None:
+        self._publish(self.inst, update)
+
+    async def start(self, admin: tuple[str, int] | None) -> None:
+        await self._start_control()
+        if admin is not None:
+            app = Admin(
+                explain=lambda *q: self.inst.explain(*q),
+                stats=self.stats,
+                registry=lambda: self.control.registry_view() if self.control else {"services": []},
+                clusters=lambda: self.control.clusters_view() if self.control else {},
+                ready=lambda: self.control.ready() if self.control else (True, "ok"),
+            )
+            self.admin_runner = await start_admin(app, *admin)
+            log.info("admin_listening", admin=f"{admin[0]}:{admin[1]}")
+
+    def stats(self) -> dict[str, Any]:
+        s = self._stats()
+        s["services"] = len(self.control.plans) if self.control else 0
+        return s
+
+    async def _start_control(self) -> None:
+        fed = self.inst.fed
+        if fed is None:
+            return
+        control = self.control = Control(fed, self.publish)
+        await control.start()
+
+        async def first_sync() -> None:
+            # Every cluster listed, or the startup bound passed (a cluster that is
+            # down must not keep the others' services unpublished).
+            wait = self.cfg.startup_wait
+            registry = control.registry
+            synced = await registry.wait_synced(wait) if wait > 0 else registry.is_synced()
+            if self.control is control:
+                control.release()
+                log.info(
+                    "federation_synced" if synced else "federation_published_before_sync",
+                    clusters=len(fed.clusters),
+                    services=len(control.plans),
+                    waiting=[n for n, st in registry.cluster_status().items() if not st.synced],
+                )
+                self._on_synced()
+
+        self._sync_task = asyncio.get_running_loop().create_task(first_sync())
+
+    async def reload(self) -> None:
+        """Safe reload: the new config, zones and federation are loaded whole
+        off to the side; on any error the running state stays and is logged."""
+        try:
+            _, new_inst = reload_instance(self.cfg)
+        except Exception as e:
+            log.error("reload_failed", error=str(e), hint="fix the file and send SIGHUP again")
+            return
+        old_fed = self.inst.fed
+        self.inst = new_inst
+        self._on_reload(new_inst)
+        if self.control is not None and new_inst.fed is not None and old_fed == new_inst.fed:
+            # Same clusters: keep the watches, republish what they know into the new table.
+            self.control.set_routing(new_inst.fed.routing)
+            self.control.republish()
+        else:
+            if self.control is not None:
+                await self.control.stop()
+                self.control = None
+            await self._start_control()
+        log.info("reloaded", zones=[z.origin for z in new_inst.cfg.zones])
+
+    async def stop(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+        if self.control is not None:
+            await self.control.stop()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+
+
+async def _wait_signals(sup: Supervisor) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloading: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        t = loop.create_task(sup.reload())
+        reloading.add(t)
+        t.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+
+
+async def _serve_single(
+    inst: Instance, udp_sock: Any, tcp_sock: Any, admin: tuple[str, int] | None
+) -> None:
+    rt = Runtime(inst.table, inst.cfg, inst.waiting())
+    close = await run_transports(rt, udp_sock, tcp_sock)
+
+    def publish(target: Instance, update: PlanUpdate) -> None:
+        rt.update(lambda _table: target.apply(update))  # the table the UDP thread may be reading
+
+    def on_reload(new: Instance) -> None:
+        rt.set_table(new.table, new.cfg)
+
+    sup = Supervisor(
+        inst, publish, on_reload, lambda: rt.stats.as_dict() | {"workers": 1}, rt.mark_synced
+    )
+    await sup.start(admin)
+    await _wait_signals(sup)
+    close()
+    await sup.stop()
+
+
+async def _serve_parent(inst: Instance, pool: WorkerPool, admin: tuple[str, int] | None) -> int:
+    loop = asyncio.get_running_loop()
+    pool.listen()
+
+    def publish(target: Instance, update: PlanUpdate) -> None:
+        # Workers first, so they rebuild while the parent does its own copy (nothing can
+        # run in between here: no explain answered, no worker respawned from a stale table).
+        pool.send(Publish(update))
+        target.apply(update)  # the parent's copy answers explain, and seeds respawns
+
+    def on_reload(new: Instance) -> None:
+        pool.cfg = new.cfg
+        pool.send(Reload())
+
+    sup = Supervisor(inst, publish, on_reload, pool.stats, lambda: pool.send(Synced()))
+    await sup.start(admin)
+    waiter = loop.create_task(_wait_signals(sup))
+    code = 0
+    while not waiter.done():
+        await asyncio.wait([waiter], timeout=0.25)
+        if not waiter.done() and not pool.respawn_dead(sup.inst, sup.inst.waiting()):
+            code = 1
+            break
+    await sup.stop()
+    pool.stop()
+    return code
+
+
+def serve(
+    cfg: Config, host: str, port: int, workers: int, admin: tuple[str, int] | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT. Returns the exit code."""
+    inst = load_instance(cfg)
+    try:
+        udp_mode = resolve_mode(cfg.udp)
+    except OSError as e:
+        raise ConfigError(f"{cfg.path}: {e}") from None
+    install_uvloop()
+    zones = [z.origin for z in cfg.zones]
+    if workers <= 1:
+        udp_sock, tcp_sock = bind_sockets(host, port, False)
+        bound = udp_sock.getsockname()[1]
+        log.info("serving", dns=f"{host}:{bound}", zones=zones, workers=1, udp=udp_mode)
+        asyncio.run(_serve_single(inst, udp_sock, tcp_sock, admin))
+        return 0
+    # SO_REUSEPORT: every worker binds the same address and the kernel spreads
+    # queries over them. A probe bind resolves port 0 and reports errors here,
+    # before any worker starts. Workers fork before the parent's event loop exists.
+    probe_u, probe_t = bind_sockets(host, port, True)
+    port = probe_u.getsockname()[1]
+    # Closed before forking: a child would inherit the probe, which stays in the
+    # SO_REUSEPORT group unread and swallows its share of the queries.
+    probe_u.close()
+    probe_t.close()
+    pool = WorkerPool(cfg, host, port, reload_instance)
+    for _ in range(workers):
+        pool.spawn(inst, inst.waiting())
+    log.info("serving", dns=f"{host}:{port}", zones=zones, workers=workers, udp=udp_mode)
+    return asyncio.run(_serve_parent(inst, pool, admin))
+
+
+def explain_locally(
+    cfg: Config, name: str, qtype: str, subnet: str | None, timeout: float = 15.0
+) -> dict[str, Any]:
+    """``fedns explain`` without a running server: load the config, sync once, explain."""
+    inst = load_instance(cfg)
+
+    async def run() -> dict[str, Any]:
+        if inst.fed is not None:
+            control = Control(inst.fed, inst.apply)
+            await control.start()
+            try:
+                if not await control.registry.wait_synced(timeout):
+                    status = control.ready()[1]
+                    raise TimeoutError(f"{status} after {timeout:.0f} s; is the cluster reachable?")
+                control.release()
+            finally:
+                await control.stop()
+        return inst.explain(name, qtype, subnet)
+
+    return asyncio.run(run())
