@@ -64,17 +64,19 @@ class Config:
     version: str | None = None
     log_level: str = "info"
     federation: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def parse_hostport(text: str, where: str, default_port: int | None = None) -> tuple[str, int]:
-    """``127.0.0.1:53``, ``[::1]:53`` or ``:53`` -> (host, port)."""
+    """``127.0.0.1:53``, ``[::1]:53`` or ``:53`` -> (host, port).
+
+    Errors name ``where`` (a key path, or a flag such as ``--dns``), not the file."""
+    r = NO_FILE
     s = str(text).strip()
     host, port_s = s, None
     if s.startswith("["):
         end = s.find("]")
         if end < 0:
-            raise ConfigError(f"{where}: {text!r} has '[' without ']'; write [ADDR]:PORT")
+            raise r.fail(where, f"{text!r} has '[' without ']'; write [ADDR]:PORT")
         host, rest = s[1:end], s[end + 1 :]
         if rest.startswith(":"):
             port_s = rest[1:]
@@ -82,26 +84,39 @@ def parse_hostport(text: str, where: str, default_port: int | None = None) -> tu
         host, port_s = s.split(":")
     if port_s is None:
         if default_port is None:
-            raise ConfigError(f"{where}: {text!r} needs a port, as ADDR:PORT")
+            raise r.fail(where, f"{text!r} needs a port, as ADDR:PORT")
         port = default_port
     else:
         try:
             port = int(port_s)
         except ValueError:
-            raise ConfigError(f"{where}: port {port_s!r} in {text!r} is not a number") from None
+            raise r.fail(where, f"port {port_s!r} in {text!r} is not a number") from None
     if not 0 <= port <= 65535:
-        raise ConfigError(f"{where}: port {port} is out of range 0-65535")
+        raise r.fail(where, f"port {port} is out of range 0-65535")
     host = host or "0.0.0.0"
     try:
         ipaddress.ip_address(host)
     except ValueError:
         if host != "localhost":
-            raise ConfigError(f"{where}: {host!r} is not an IP address") from None
+            raise r.fail(where, f"{host!r} is not an IP address") from None
     return host, port
 
 
-class _Reader:
-    def __init__(self, path: Path | None) -> None:
+class Reader:
+    """Reads the values of one config file, checking each against what is expected.
+
+    An error is ``fail(key, message)``, raised by the caller: ``ConfigError(
+    "<file>: <key.path>: <message>")``, so an operator sees where and what.
+    Every section of the config is read through one (``config_from_dict``,
+    ``federation.config``, ``federation.locality``, the policy and probe
+    settings). Without a file (``NO_FILE``) the message is ``"<key.path>:
+    <message>"``: for command-line flags, and for Service annotations (their
+    errors are caught and reported as ignored values, never raised out).
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path | None = None) -> None:
         self.path = path
 
     def fail(self, key: str, msg: str) -> ConfigError:
@@ -143,6 +158,9 @@ class _Reader:
         return v
 
 
+NO_FILE = Reader()  # for values that come from no file: flags, Service annotations
+
+
 def absolute_name(text: str) -> str:
     t = text.strip().lower()
     return t if t.endswith(".") else t + "."
@@ -166,7 +184,7 @@ def load_config(path: Path | None = None) -> Config:
 
 
 def config_from_dict(raw: Any, path: Path | None = None) -> Config:
-    r = _Reader(path)
+    r = Reader(path)
     top = r.mapping(raw, "(top level)")
     r.known(top, "", {"dns", "tcp", "zones", "admin", "server", "log", "federation"})
     base = path.parent if path is not None else Path.cwd()
@@ -262,5 +280,4 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         version=version,
         log_level=level,
         federation=fed,
-        raw=top,
     )

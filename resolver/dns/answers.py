@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 from dnslib import DNSLabel
 
-from .ecs import ClientSubnet, ecs_option, parse_ecs
+from .ecs import ClientSubnet, parse_ecs, reply_option
 from .entries import (
     Entry,
     Node,
@@ -545,8 +545,7 @@ class Table:
         """The reply's OPT record echoing ``sub`` with ``scope``: (without DO, with DO)."""
         pair = sub.opts.get(scope)
         if pair is None:
-            cs = sub.cs
-            ecs = ecs_option(cs.family, cs.source, scope, cs.addr_bytes)
+            ecs = reply_option(sub.cs, scope)
             pair = (opt_record(self.max_udp, False, 0, ecs), opt_record(self.max_udp, True, 0, ecs))
             sub.opts[scope] = pair
         return pair
@@ -616,7 +615,7 @@ class Table:
                 self.max_udp,
                 edns.do,
                 0,
-                ecs_option(subnet.family, subnet.source, scope, subnet.addr_bytes),
+                reply_option(subnet, scope),
             )
         question = q.question
         qname_len = len(question) - 4

@@ -111,7 +111,10 @@ _REPLY: dict[tuple[bytes, int], bytes] = {}
 
 
 def reply_option(cs: ClientSubnet, scope: int) -> bytes:
-    """``ecs_option`` for a query's subnet and our scope, memoized (per query)."""
+    """The reply's ECS option for a query's subnet and our scope: the one builder
+    of the echo (``answers.Table``, both paths), memoized by the option's bytes."""
+    if not cs.raw:  # not from parse_ecs (no bytes to key on): build it
+        return ecs_option(cs.family, cs.source, scope, cs.addr_bytes)
     key = (cs.raw, scope)
     hit = _REPLY.get(key)
     if hit is None:

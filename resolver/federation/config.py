@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import Config, ConfigError, _Reader, absolute_name
+from ..config import Config, ConfigError, Reader, absolute_name
 from . import locality
 from .health import ProbeSpec, parse_probe
 from .locator import Locator
@@ -229,7 +229,7 @@ def parse_federation(config: Config) -> FederationConfig | None:
 
 
 def federation_from_dict(raw: Any, path: Path | None = None) -> FederationConfig:
-    r = _Reader(path)
+    r = Reader(path)
     base = path.parent if path is not None else Path.cwd()
     fed = r.mapping(raw, "federation")
     r.known(fed, "federation", _FED_KEYS)
@@ -260,7 +260,7 @@ def federation_from_dict(raw: Any, path: Path | None = None) -> FederationConfig
     return FederationConfig(zone, tuple(clusters), export, services, routing)
 
 
-def _cluster(r: _Reader, raw: Any, key: str, base: Path) -> Cluster:
+def _cluster(r: Reader, raw: Any, key: str, base: Path) -> Cluster:
     c = r.mapping(raw, key)
     r.known(c, key, _CLUSTER_KEYS)
     if "name" not in c:
@@ -327,7 +327,7 @@ def _cluster(r: _Reader, raw: Any, key: str, base: Path) -> Cluster:
     )
 
 
-def _export(r: _Reader, raw: Any, key: str) -> ExportConfig:
+def _export(r: Reader, raw: Any, key: str) -> ExportConfig:
     e = r.mapping(raw, key)
     r.known(e, key, {"mode", "selector", "namespaces"})
     mode = e.get("mode", "all")
@@ -355,7 +355,7 @@ def _export(r: _Reader, raw: Any, key: str) -> ExportConfig:
     return ExportConfig(mode, selector, allow, deny)
 
 
-def _services(r: _Reader, raw: Any, key: str, clusters: list[Cluster]) -> tuple[StaticService, ...]:
+def _services(r: Reader, raw: Any, key: str, clusters: list[Cluster]) -> tuple[StaticService, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -406,7 +406,7 @@ def _services(r: _Reader, raw: Any, key: str, clusters: list[Cluster]) -> tuple[
     return tuple(out)
 
 
-def _ports(r: _Reader, raw: Any, key: str) -> tuple[Port, ...]:
+def _ports(r: Reader, raw: Any, key: str) -> tuple[Port, ...]:
     if not isinstance(raw, list):
         raise r.fail(key, "expected a list of {name, port, protocol}")
     ports: list[Port] = []
@@ -426,7 +426,7 @@ def _ports(r: _Reader, raw: Any, key: str) -> tuple[Port, ...]:
     return tuple(sorted(set(ports)))
 
 
-def _endpoint(r: _Reader, raw: Any, key: str, cluster: str) -> Endpoint:
+def _endpoint(r: Reader, raw: Any, key: str, cluster: str) -> Endpoint:
     e = r.mapping(raw, key)
     r.known(e, key, {"addresses", "ready", "serving", "terminating", "hostname", "zone", "node"})
     addrs = e.get("addresses")
@@ -461,14 +461,14 @@ def _endpoint(r: _Reader, raw: Any, key: str, cluster: str) -> Endpoint:
     )
 
 
-def _ip(r: _Reader, v: Any, key: str) -> str:
+def _ip(r: Reader, v: Any, key: str) -> str:
     try:
         return str(ipaddress.ip_address(str(v)))
     except ValueError:
         raise r.fail(key, f"{v!r} is not an IP address") from None
 
 
-def _opt_str(r: _Reader, v: Any, key: str) -> str:
+def _opt_str(r: Reader, v: Any, key: str) -> str:
     if v is None:
         return ""
     if not isinstance(v, str):
@@ -476,7 +476,7 @@ def _opt_str(r: _Reader, v: Any, key: str) -> str:
     return v
 
 
-def _str_list(r: _Reader, v: Any, key: str) -> list[str]:
+def _str_list(r: Reader, v: Any, key: str) -> list[str]:
     if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
         raise r.fail(key, "expected a list of namespace names")
     return list(v)
@@ -500,21 +500,20 @@ class Routing:
 
 
 def parse_routing(routing: Any, path: Path | None) -> Routing:
-    where = f"{path}: " if path else ""
+    r = Reader(path)
     raw = dict(routing or {})
-    try:
-        defaults = with_fields(DEFAULT_POLICY, policy_fields(raw.get("defaults") or {}, "federation.defaults"))
-        overrides: dict[str, dict[str, Any]] = {}
-        pol = raw.get("policies") or {}
-        if not isinstance(pol, dict):
-            raise ValueError("federation.policies: expected a mapping of 'namespace/name' to settings")
-        for svc, settings in pol.items():
-            if not isinstance(svc, str) or svc.count("/") != 1:
-                raise ValueError(f"federation.policies.{svc}: key must be 'namespace/name'")
-            overrides[svc.lower()] = policy_fields(settings, f"federation.policies.{svc}")
-        probe = parse_probe(raw.get("health"), "federation.health")
-    except ValueError as e:
-        raise ConfigError(f"{where}{e}") from None
+    defaults = with_fields(
+        DEFAULT_POLICY, policy_fields(raw.get("defaults") or {}, "federation.defaults", r)
+    )
+    overrides: dict[str, dict[str, Any]] = {}
+    pol = raw.get("policies") or {}
+    if not isinstance(pol, dict):
+        raise r.fail("federation.policies", "expected a mapping of 'namespace/name' to settings")
+    for svc, settings in pol.items():
+        if not isinstance(svc, str) or svc.count("/") != 1:
+            raise r.fail(f"federation.policies.{svc}", "key must be 'namespace/name'")
+        overrides[svc.lower()] = policy_fields(settings, f"federation.policies.{svc}", r)
+    probe = parse_probe(raw.get("health"), "federation.health", r)
     return Routing(defaults, overrides, build_locator(raw, path), probe)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from ..config import NO_FILE, ConfigError
 from .config import FederationConfig, Routing
 from .health import Prober, ProbeSpec, Target, parse_probe
 from .model import FederatedService, ServiceKey
@@ -108,8 +109,8 @@ class Control:
             raw = cs.annotations.get("fedns.io/probe")
             if raw is not None:
                 try:
-                    return parse_probe(raw, "annotation"), ""
-                except ValueError as e:
+                    return parse_probe(raw, "annotation", NO_FILE), ""
+                except ConfigError as e:
                     return self.probe, f"fedns.io/probe={raw!r} ignored: {str(e).removeprefix('annotation')}"
         return self.probe, ""
 

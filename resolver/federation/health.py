@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import structlog
 
+from ..config import NO_FILE, Reader
 from .policy import bounded
 
 log = structlog.get_logger("fedns.health")
@@ -169,10 +170,12 @@ class Prober:
             self._session = None
 
 
-def parse_probe(raw: Any, where: str) -> ProbeSpec | None:
+def parse_probe(raw: Any, where: str, r: Reader = NO_FILE) -> ProbeSpec | None:
     """``{probe: tcp|http|none, port, path, interval, timeout, rise, fall}`` -> spec (None: off).
 
-    Raises ValueError("key: problem")."""
+    Raises ``r.fail(key, problem)`` (a ConfigError) naming the offending key
+    under ``where``; ``NO_FILE`` for the ``fedns.io/probe`` annotation, whose
+    caller catches it."""
     if raw is None:
         return None
     if isinstance(raw, str):  # annotation shorthand: "tcp", "http", "http:8080/healthz", "none"
@@ -184,24 +187,21 @@ def parse_probe(raw: Any, where: str) -> ProbeSpec | None:
             if slash:
                 raw["path"] = "/" + path_text
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping like {{probe: tcp, port: 443}}")
-    known = {"probe", "port", "path", "interval", "timeout", "rise", "fall"}
-    extra = sorted(set(raw) - known)
-    if extra:
-        raise ValueError(f"{where}.{extra[0]}: unknown key; expected one of: {', '.join(sorted(known))}")
+        raise r.fail(where, "expected a mapping like {probe: tcp, port: 443}")
+    r.known(raw, where, {"probe", "port", "path", "interval", "timeout", "rise", "fall"})
     kind = str(raw.get("probe", "tcp")).lower()
     if kind == "none":
         return None
     if kind not in ("tcp", "http"):
-        raise ValueError(f"{where}.probe: {kind!r} is not one of tcp, http, none")
+        raise r.fail(f"{where}.probe", f"{kind!r} is not one of tcp, http, none")
 
     def num(key: str, default: float, lo: float, hi: float, conv: Callable[[Any], float] = float) -> Any:
-        return bounded(raw[key], f"{where}.{key}", conv, lo, hi) if key in raw else default
+        return bounded(raw[key], f"{where}.{key}", conv, lo, hi, r) if key in raw else default
 
     port: int | None = num("port", 0, 1, 65535, int) if "port" in raw else None
     path = str(raw.get("path", "/"))
     if not path.startswith("/"):
-        raise ValueError(f"{where}.path: {path!r} must start with /")
+        raise r.fail(f"{where}.path", f"{path!r} must start with /")
     spec = ProbeSpec(
         kind,  # type: ignore[arg-type]
         port,
@@ -212,7 +212,7 @@ def parse_probe(raw: Any, where: str) -> ProbeSpec | None:
         num("fall", 2, 1, 100, int),
     )
     if spec.timeout > spec.interval * 4:
-        raise ValueError(f"{where}.timeout: {spec.timeout} s is far above the interval; lower it")
+        raise r.fail(f"{where}.timeout", f"{spec.timeout} s is far above the interval; lower it")
     return spec
 
 

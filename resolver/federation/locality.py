@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, _Reader
+from ..config import ConfigError, Reader
 from ..dns.ecs import (
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -103,7 +103,6 @@ class Match:
     rule_id: int  # index in federation.localities; -1 when no rule decided
     family: int
     network: int  # network of the scope block (address masked to prefix_len)
-    locality_id: int  # index into LocalityMap.localities: a dense key for answer caches
     via: str  # "rule" | "mmdb" | "none"
     block: int  # index of the address's partition block (ScopeTable key)
     note: str = ""  # for explain: the MaxMind record used, when via == "mmdb"
@@ -332,7 +331,7 @@ class LocalityMap:
         self._src_memo: dict[Any, Placement] = {}
         self._mixed_memo: dict[Any, Placement] = {}
         self._tables: dict[tuple[Hashable, ...], ScopeTable] = {}
-        self.unknown = Match(None, None, 0, -1, FAMILY_IPV4, 0, 0, "none", -1)
+        self.unknown = Match(None, None, 0, -1, FAMILY_IPV4, 0, "none", -1)
 
     @classmethod
     def from_rules(
@@ -384,7 +383,6 @@ class LocalityMap:
                     self.rules[r].index if r >= 0 else -1,
                     family,
                     net,
-                    self._loc_id[loc],
                     "rule" if r >= 0 else "none",
                     i,
                 )
@@ -457,7 +455,6 @@ class LocalityMap:
             -1,
             p.family,
             net,
-            self._loc_id.get(loc, 0),
             "mmdb" if region else "none",
             i,
             note,
@@ -722,7 +719,7 @@ class RegionGraph:
 
 def parse_regions(raw: Mapping[str, Any] | None, path: Path | None = None) -> RegionGraph:
     """``federation.regions: [{name, lat, lon, prefer: [...]}, ...]`` -> RegionGraph."""
-    r = _Reader(path)
+    r = Reader(path)
     fed = r.mapping(raw, "federation")
     lst = fed.get("regions")
     if lst is None:
@@ -783,7 +780,7 @@ def parse_localities(
     file (relative MMDB paths are relative to its directory). When
     ``federation.regions`` is given, every region named here must be in it.
     """
-    r = _Reader(path)
+    r = Reader(path)
     fed = r.mapping(raw, "federation")
     if regions is None:
         regions = parse_regions(fed, path)
@@ -831,7 +828,7 @@ def parse_localities(
     return LocalityMap(rules, mmdb)
 
 
-def _parse_cidr(r: _Reader, text: str, key: str) -> tuple[int, int, int]:
+def _parse_cidr(r: Reader, text: str, key: str) -> tuple[int, int, int]:
     try:
         n = ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -856,7 +853,7 @@ def _parse_cidr(r: _Reader, text: str, key: str) -> tuple[int, int, int]:
 
 
 def _parse_mmdb(
-    r: _Reader, raw: Any, path: Path | None, check_region: Callable[[str, str], None]
+    r: Reader, raw: Any, path: Path | None, check_region: Callable[[str, str], None]
 ) -> MmdbSource:
     d = r.mapping(raw, "federation.mmdb")
     r.known(d, "federation.mmdb", {"path", "regions"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..dns.ecs import PRIVACY_PREFIX, ClientSubnet
+from ..dns.ecs import PRIVACY_PREFIX, ClientSubnet, clamp, mask
 from .locality import LocalityMap, Placement, RegionGraph, parse_host, subnet_key
 from .policy import Client
 
@@ -63,9 +63,7 @@ class Locator:
 def _plain_client(subnet: ClientSubnet | None, addr: Any) -> Client:
     """No locality map: only the subnet matters (for weighted stickiness)."""
     if subnet is not None and subnet.source:
-        bits = min(subnet.source, PRIVACY_PREFIX[subnet.family])
-        width = 32 if subnet.family == 1 else 128
-        value = (subnet.network_int >> (width - bits)) << (width - bits)
+        value, bits = clamp(subnet.family, subnet.network_int, subnet.source)
         return Client(None, None, subnet_key(subnet.family, bits, value))
     host = addr[0] if isinstance(addr, tuple) else addr
     parsed = parse_host(host) if isinstance(host, str) else None
@@ -73,5 +71,4 @@ def _plain_client(subnet: ClientSubnet | None, addr: Any) -> Client:
         return _UNKNOWN
     fam, value = parsed
     bits = PRIVACY_PREFIX[fam]
-    width = 32 if fam == 1 else 128
-    return Client(None, None, subnet_key(fam, bits, (value >> (width - bits)) << (width - bits)))
+    return Client(None, None, subnet_key(fam, bits, mask(fam, value, bits)))

@@ -147,10 +147,6 @@ class ClusterService:
     annotations: Mapping[str, str] = _EMPTY
     stale: bool = False
 
-    @property
-    def ready_endpoints(self) -> tuple[Endpoint, ...]:
-        return tuple(e for e in self.endpoints if e.ready)
-
 
 @dataclass(frozen=True, slots=True)
 class FederatedService:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..config import NO_FILE, ConfigError
 from .model import FederatedService
 from .policy import Candidate, Policy, policy_fields, with_fields
 
@@ -97,8 +98,8 @@ def policy_from(
             continue
         field_name = k.removeprefix("fedns.io/").replace("-", "_")
         try:
-            policy = with_fields(policy, policy_fields({field_name: v}, "annotation"))
-        except ValueError as e:
+            policy = with_fields(policy, policy_fields({field_name: v}, "annotation", NO_FILE))
+        except ConfigError as e:
             problems.append(f"{k}={v!r} ignored: {str(e).removeprefix('annotation.')}")
     return policy, tuple(problems)
 

@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..config import NO_FILE, Reader
+
 PolicyKind = Literal["locality", "failover", "weighted", "all"]
 POLICIES: tuple[str, ...] = ("locality", "failover", "weighted", "all")
 
@@ -225,27 +227,26 @@ def _walk_tiers(
 _POLICY_KEYS = {"policy", "failover", "weights", "min_healthy_fraction", "max_answers", "fail_open", "ttl"}
 
 
-def policy_fields(raw: Any, where: str) -> dict[str, Any]:
+def policy_fields(raw: Any, where: str, r: Reader = NO_FILE) -> dict[str, Any]:
     """Validate one policy mapping (config or annotations) into ``Policy`` fields.
 
-    Raises ValueError("key: problem") naming the offending key under ``where``.
+    Raises ``r.fail(key, problem)`` (a ConfigError) naming the offending key
+    under ``where``; ``NO_FILE`` for annotations, whose callers catch it.
     """
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping of policy settings")
-    extra = sorted(set(raw) - _POLICY_KEYS)
-    if extra:
-        raise ValueError(f"{where}.{extra[0]}: unknown key; expected one of: {', '.join(sorted(_POLICY_KEYS))}")
+        raise r.fail(where, "expected a mapping of policy settings")
+    r.known(raw, where, _POLICY_KEYS)
     out: dict[str, Any] = {}
     if "policy" in raw:
         kind = str(raw["policy"])
         if kind not in POLICIES:
-            raise ValueError(f"{where}.policy: {kind!r} is not one of {', '.join(POLICIES)}")
+            raise r.fail(f"{where}.policy", f"{kind!r} is not one of {', '.join(POLICIES)}")
         out["kind"] = kind
     if "failover" in raw:
         v = raw["failover"]
         items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
         if not isinstance(items, list | tuple) or not all(isinstance(x, str) and x for x in items):
-            raise ValueError(f"{where}.failover: expected a list of cluster names (or 'a,b')")
+            raise r.fail(f"{where}.failover", "expected a list of cluster names (or 'a,b')")
         out["failover"] = tuple(items)
     if "weights" in raw:
         v = raw["weights"]
@@ -253,11 +254,11 @@ def policy_fields(raw: Any, where: str) -> dict[str, Any]:
             try:
                 v = {a.strip(): int(b) for a, b in (p.split("=", 1) for p in v.split(",") if p.strip())}
             except ValueError:
-                raise ValueError(f"{where}.weights: expected 'cluster=N,cluster=N'") from None
+                raise r.fail(f"{where}.weights", "expected 'cluster=N,cluster=N'") from None
         if not isinstance(v, dict) or not all(
             isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in v.values()
         ):
-            raise ValueError(f"{where}.weights: expected {{cluster: whole number >= 0}}")
+            raise r.fail(f"{where}.weights", "expected {cluster: whole number >= 0}")
         out["weights"] = tuple((str(k), int(w)) for k, w in v.items())
     for name, conv, lo, hi in (
         ("ttl", int, 0, 86400),
@@ -265,29 +266,31 @@ def policy_fields(raw: Any, where: str) -> dict[str, Any]:
         ("min_healthy_fraction", float, 0.0, 1.0),
     ):
         if name in raw:
-            out[name] = bounded(raw[name], f"{where}.{name}", conv, lo, hi)
+            out[name] = bounded(raw[name], f"{where}.{name}", conv, lo, hi, r)
     if "fail_open" in raw:
         v = raw["fail_open"]
         if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
             v = v.lower() in ("true", "yes", "1")
         if not isinstance(v, bool):
-            raise ValueError(f"{where}.fail_open: expected true or false")
+            raise r.fail(f"{where}.fail_open", "expected true or false")
         out["fail_open"] = v
     return out
 
 
-def bounded(value: Any, key: str, conv: Callable[[Any], Any], lo: float, hi: float) -> Any:
-    """``conv(value)`` checked to lie in [lo, hi]; ValueError("key: problem") otherwise.
+def bounded(
+    value: Any, key: str, conv: Callable[[Any], Any], lo: float, hi: float, r: Reader = NO_FILE
+) -> Any:
+    """``conv(value)`` checked to lie in [lo, hi]; ``r.fail(key, problem)`` otherwise.
 
     Config files and annotations both come through here (annotations are strings)."""
     if isinstance(value, bool):
-        raise ValueError(f"{key}: {value!r} is not a number")
+        raise r.fail(key, f"{value!r} is not a number")
     try:
         v = conv(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{key}: {value!r} is not a number") from None
+        raise r.fail(key, f"{value!r} is not a number") from None
     if not lo <= v <= hi:
-        raise ValueError(f"{key}: {v} is out of range {lo}-{hi}")
+        raise r.fail(key, f"{v} is out of range {lo}-{hi}")
     return v
 
 

@@ -189,7 +189,6 @@ class Registry:
     ) -> None:
         self.export = export or ExportConfig()
         self.coalesce = coalesce
-        self.generation = 0  # bumped at every published batch of changes
         self._states: list[_State] = []
         self._by_name: dict[str, _State] = {}
         for c in clusters:
@@ -414,7 +413,6 @@ class Registry:
             return
         keys = frozenset(self._pending)
         self._pending.clear()
-        self.generation += 1
         for cb in list(self._subs):
             try:
                 cb(keys)
