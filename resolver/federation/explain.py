@@ -1,9 +1,9 @@
 """Why an answer is what it is: the decision trail for one (name, type, client).
 
 Used by ``GET /v1/explain`` and ``fedns explain``. It calls the code the hot
-path runs (``Router.route``'s placement, decision and ``Router.scope``; the
-table's entries) and renders the reply with dnslib, so what it shows is what a
-client would get.
+path runs (``Router.route`` for the reply and its SCOPE, ``Locator.client``
+and ``Router.decision`` for the trail; the table's entries) and renders the
+reply with dnslib, so what it shows is what a client would get.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dnslib import QTYPE, DNSError, DNSRecord
 from ..dns.answers import Table
 from ..dns.ecs import ClientSubnet
 from ..dns.entries import Entry
+from ..dns.wire import REFUSED
 from ..dns.zone import key_of
 from .locator import Locator
 from .router import Router
@@ -81,8 +82,10 @@ def explain(table: Table, locator: Locator, name: str, qtype_text: str | None,
     }
     if router is not None and router.handles(qtype):
         plan = router.plan
+        # The reply and its SCOPE from the very call the answer table makes per
+        # query (placement, answer, scope); the decision again for its trail.
+        entry, scope, _ = router.route(qtype, subnet, source)
         d = router.decision(client, qtype)
-        scope = router.scope(subnet, placement, d.depends_on, qtype)
         out["source"] = "federation"
         out["service"] = {"namespace": plan.namespace, "name": plan.name, "zone": plan.zone}
         out["policy"] = {
@@ -112,13 +115,20 @@ def explain(table: Table, locator: Locator, name: str, qtype_text: str | None,
             for c in plan.candidates
         ]
         out["steps"] = list(d.steps)
-        entry, _ = router.answer(qtype, client)
     else:
         found = table.find(lname, qtype)
         if found is None:
             out["source"] = "none"
             out["steps"] = ["the name is in none of our zones: REFUSED"]
+            # What ``Table.general`` sends (``wire.error_reply``): REFUSED, not
+            # authoritative, no records and no ECS option, hence no SCOPE.
+            out["scope"] = None
+            out["depends_on"] = "nothing"
+            out["rcode"] = REFUSED
+            out["aa"] = False
             out["answer"] = []
+            out["authority"] = []
+            out["ttl"] = None
             return out
         entry = found
         out["source"] = "zone"

@@ -33,7 +33,7 @@ from ..dns.ecs import PRIVACY_PREFIX, ClientSubnet
 from ..dns.entries import Entry
 from ..dns.wire import T_A, T_AAAA, T_SRV
 from ..dns.zone import Addresses, Lazy, RRset, key_of
-from .locality import Placement
+from .locality import Locality, Placement, ScopeTable
 from .locator import Locator
 from .plan import PlanId, PlanPort, PlanUpdate, ServicePlan
 from .policy import Candidate, Client, Decision, decide
@@ -171,7 +171,7 @@ class Router:
         self.locator = locator
         self.build = build
         self._cache: dict[tuple[int, object], tuple[Entry, str]] = {}
-        self._scopes: dict[int, Any] = {}
+        self._scopes: dict[int, ScopeTable] = {}
         self._family: dict[int, tuple[Candidate, ...]] = {}
         # For the answer table's hot path: whole per-query results (Entry, OPT
         # bytes) keyed by what the client's place came from, so a repeated
@@ -212,7 +212,7 @@ class Router:
             )
         return int(table.scope(placement))
 
-    def _answer_key(self, loc: Any, qtype: int) -> object:
+    def _answer_key(self, loc: Locality, qtype: int) -> object:
         d = self.decision(Client(loc.region, loc.zone, b""), qtype)
         return tuple(sorted((c.cluster, c.name) for c in d.chosen))
 
