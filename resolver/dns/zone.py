@@ -1,7 +1,7 @@
 """Authoritative semantics of one zone: which records answer a (name, type).
 
 Pure decisions, no sockets and no wire bytes: ``Zone.resolve`` says what the
-answer, authority and additional sections hold; ``answers.py`` turns that into
+answer, authority and additional sections hold; ``entries.py`` turns that into
 bytes once per name. Names are keys in lowercased wire form (``b"\\x03www..."``)
 so that lookups never build label objects.
 """
