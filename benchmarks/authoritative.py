@@ -568,6 +568,13 @@ def report(
             f"CPU/query {cpu:.2f}x ({'meets' if cpu <= TARGET_CPU else 'misses'} "
             f"<= {TARGET_CPU}x); flood vs positive: {fl_q:.2f}x qps, {fl_c:.2f}x CPU/query"
         )
+    fr, base = results.get("fedns1"), results.get("baseline1")
+    if fr is not None and base is not None:
+        lines += ["", "Against the baseline tree (fedns 1 worker, same run; goal: within 5 %):", ""]
+        for w in ("positive", "flood"):
+            sat = fr.sat[w].qps / base.sat[w].qps
+            cpu = fr.fixed[w].cpu_us_per_query / base.fixed[w].cpu_us_per_query
+            lines.append(f"- {w}: saturation {sat:.3f}x, CPU/query {cpu:.3f}x")
     lines += [
         "",
         "dnsperf runs on the same cores as the server, so saturation qps measures the pair "

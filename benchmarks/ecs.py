@@ -28,8 +28,12 @@ saturation measures the pair; CPU per query is the per-server comparison.
 one (add ``--fedns-pid PID`` for its CPU). Results print as they come and,
 for a full run, replace the ECS section of ``benchmarks/RESULTS.md``.
 
+``--baseline DIR`` also serves the same config from an older source tree of
+fedns (``baseline``, 1 worker), interleaved with the others, for before/after
+comparisons in one run (``git worktree add DIR REV``).
+
 Usage: python3 benchmarks/ecs.py [--quick] [--only fedns,fedns2,gdnsd,pdns-shared,pdns-fresh]
-                                 [--load 40000] [--subnet 203.0.113.0/24]
+                                 [--load 40000] [--subnet 203.0.113.0/24] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -178,10 +182,21 @@ def _from_sp(key: str, label: str, sp: Any) -> Target:
     return Target(key, label, sp.host, sp.port, sp.proc.pid, sp.stop)
 
 
-def start(key: str, setup: Setup, tmp: Path, fedns_at: str | None, fedns_pid: int | None) -> Target:
+def start(
+    key: str,
+    setup: Setup,
+    tmp: Path,
+    fedns_at: str | None,
+    fedns_pid: int | None,
+    baseline: Path | None = None,
+) -> Target:
     if key == "fedns" and fedns_at:
         host, port = fedns_at.rsplit(":", 1)
         return Target(key, f"fedns at {fedns_at}", host, int(port), fedns_pid, lambda: None)
+    if key == "baseline":
+        assert baseline is not None
+        sp = start_fedns(CONFIG, tmp / key, workers=1, src=baseline)
+        return _from_sp(key, f"fedns, 1 worker, baseline `{baseline.name}`", sp)
     if key in ("fedns", "fedns2"):
         workers = 2 if key == "fedns2" else 1
         sp = start_fedns(CONFIG, tmp / key, workers=workers)
@@ -217,7 +232,7 @@ def start(key: str, setup: Setup, tmp: Path, fedns_at: str | None, fedns_pid: in
 
 @contextlib.contextmanager
 def running(key: str, setup: Setup, tmp: Path, args: argparse.Namespace) -> Iterator[Target]:
-    t = start(key, setup, tmp, args.fedns, args.fedns_pid)
+    t = start(key, setup, tmp, args.fedns, args.fedns_pid, args.baseline)
     try:
         yield t
     finally:
@@ -258,11 +273,21 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure CPU/query at -Q with this many distinct client /24s (0: skip)",
     )
     ap.add_argument("--rounds", type=int, default=3, help="repeat, interleaved; report medians")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="an older fedns source tree, served too (as 'baseline', 1 worker) for before/after",
+    )
     args = ap.parse_args(argv)
-    keys = [k.strip() for k in args.only.split(",")] if args.only else list(SERVERS)
-    unknown = set(keys) - set(SERVERS)
+    servers = SERVERS + (("baseline",) if args.baseline else ())
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "resolver" / "cli.py").is_file():
+            ap.error(f"--baseline {args.baseline}: no resolver/cli.py there")
+    keys = [k.strip() for k in args.only.split(",")] if args.only else list(servers)
+    unknown = set(keys) - set(servers)
     if unknown:
-        ap.error(f"unknown server(s) {sorted(unknown)}; pick from {', '.join(SERVERS)}")
+        ap.error(f"unknown server(s) {sorted(unknown)}; pick from {', '.join(servers)}")
     sat_s, fixed_s = (3.0, 3.0) if args.quick else (10.0, 10.0)
 
     setup = read_setup(CONFIG)
@@ -384,6 +409,16 @@ def render(rows: list[Row], args: argparse.Namespace, setup: Setup, want: str) -
             "per subnet (bounded at 65,536 for all routers together), the reply join: what "
             "any uncached answer costs."
         )
+    b = by.get("baseline")
+    if f and b and b.fixed.cpu_us_per_query > 0:
+        line = (
+            f"- Against the baseline tree (same run): CPU per tailored answer "
+            f"{f.fixed.cpu_us_per_query / b.fixed.cpu_us_per_query:.3f}x, saturation "
+            f"{f.sat.qps / b.sat.qps:.3f}x"
+        )
+        if f.many and b.many:
+            line += f", many subnets CPU {f.many.cpu_us_per_query / b.many.cpu_us_per_query:.3f}x"
+        lines.append(line + ".")
     lines.append(
         "- ECS scope: gdnsd and fedns return the widest prefix with the same answer; "
         "PowerDNS returns the query's source prefix (one resolver cache entry per /24)."

@@ -205,10 +205,11 @@ def fedns_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "resolver.cli", *args]
 
 
-def fedns_env() -> dict[str, str]:
-    """The environment for ``fedns_argv``: the resolver package of this checkout,
-    whatever is installed (an editable install may point at another clone)."""
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+def fedns_env(src: Path | None = None) -> dict[str, str]:
+    """The environment for ``fedns_argv``: the resolver package of this checkout (or
+    of the source tree ``src``, for before/after benchmarks), whatever is installed
+    (an editable install may point at another clone)."""
+    return {**os.environ, "PYTHONPATH": str(src if src is not None else REPO)}
 
 
 def start_fedns(
@@ -217,8 +218,10 @@ def start_fedns(
     workers: int = 1,
     extra_args: tuple[str, ...] = (),
     ready: bool = True,
+    src: Path | None = None,
 ) -> ServerProcess:
-    """``fedns serve -c CONFIG --dns 127.0.0.1:PORT`` on a free port, answering on return."""
+    """``fedns serve -c CONFIG --dns 127.0.0.1:PORT`` on a free port, answering on return
+    (``src``: run the resolver package of that source tree instead of this checkout's)."""
     last: Exception | None = None
     for _ in range(3):  # another process may take the free port before we bind it
         port = free_port()
@@ -234,7 +237,7 @@ def start_fedns(
             "console",
             *extra_args,
         )
-        sp = _spawn("fedns", argv, workdir, port, env=fedns_env(), config=config)
+        sp = _spawn("fedns", argv, workdir, port, env=fedns_env(src), config=config)
         if not ready:
             return sp
         try:
