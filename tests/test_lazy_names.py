@@ -25,7 +25,7 @@ from resolver.dns import answers
 from resolver.dns.answers import Table
 from resolver.dns.zone import Lazy, load_zone_file
 from resolver.federation import router
-from resolver.federation.locator import Locator
+from resolver.federation.locality import Locator
 from resolver.federation.plan import PlanId, PlanPort, PlanUpdate, ServicePlan
 from resolver.federation.policy import Candidate, Policy
 from resolver.federation.router import Publisher, static_records

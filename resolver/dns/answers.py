@@ -130,6 +130,7 @@ class _Below(NamedTuple):
     """UDP replies for names that do not exist, below one existing parent (``Table.below``)."""
 
     head: bytes  # the reply's flags and counts
+    parent: int  # the parent name's length: where the question's name must end
     bodies: dict[int, bytes]  # per length of the new first label: all after the question
 
 
@@ -438,7 +439,9 @@ class Table:
                 # if its parent exists, the reply is the one for any such name of
                 # that first label's length (``_remember_below``).
                 neg = self.below.get(data[2:12] + data[13 + first :])
-                if neg is not None:
+                # The name ends where the parent's does (a zero octet inside the
+                # first label would have ended ``lname`` early).
+                if neg is not None and z == 12 + first + neg.parent:
                     tail = neg.bodies.get(first)
                     if tail is not None:
                         return b"".join((data[:2], neg.head, data[12:qend], tail))
@@ -491,7 +494,7 @@ class Table:
             self._below_bodies = 0
         hit = self.below.get(key)
         if hit is None:
-            hit = self.below[key] = _Below(reply[2:12], {})
+            hit = self.below[key] = _Below(reply[2:12], qend - 17 - first, {})  # qend = z + 5
         if first not in hit.bodies:
             self._below_bodies += 1
         hit.bodies[first] = reply[qend:]

@@ -43,7 +43,7 @@ from typing import Any, Literal
 from ..config import Config, ConfigError, Reader, absolute_name
 from . import locality
 from .health import ProbeSpec, parse_probe
-from .locator import Locator
+from .locality import Locator
 from .model import (
     REACH_MODES,
     STALE_POLICIES,

@@ -20,7 +20,7 @@ from ..dns.ecs import ClientSubnet
 from ..dns.entries import Entry
 from ..dns.wire import REFUSED
 from ..dns.zone import key_of
-from .locator import Locator
+from .locality import Locator
 from .router import Router
 
 

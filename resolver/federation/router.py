@@ -33,8 +33,7 @@ from ..dns.ecs import PRIVACY_PREFIX, ClientSubnet
 from ..dns.entries import Entry
 from ..dns.wire import T_A, T_AAAA, T_SRV
 from ..dns.zone import Addresses, Lazy, RRset, key_of
-from .locality import Locality, Placement, ScopeTable
-from .locator import Locator
+from .locality import Locality, Locator, Placement, ScopeTable
 from .plan import PlanId, PlanPort, PlanUpdate, ServicePlan
 from .policy import Candidate, Client, Decision, decide
 
