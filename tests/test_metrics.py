@@ -30,6 +30,17 @@ def test_metrics_count_what_was_served(fedns_server: FednsFactory, workers: int)
     admin = f"127.0.0.1:{free_port()}"
     srv = fedns_server({RICH_ORIGIN: RICH_ZONE}, workers=workers, extra_args=("--admin", admin))
     url = f"http://{admin}"
+    # The admin API comes up beside DNS (the control process imports aiohttp
+    # only then): wait for it rather than race it.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     # The start-up check's own queries, once every worker has reported them
     # (workers send their counters to the control process once a second).
     def counts() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

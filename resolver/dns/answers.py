@@ -185,6 +185,7 @@ class Table:
         # from the query.
         self.below: dict[bytes, _Below] = {}
         self._below_bodies = 0  # bodies in ``below``, the bound it is cleared at
+        self.lazy_names: tuple[dict[bytes, Lazy], ...] = ()  # the zones' compact names
         # Routers with entries in their memo, and how many entries were added
         # since the last clear (replaced routers' too: they count until then).
         self._memoized: list[Router] = []
@@ -259,6 +260,7 @@ class Table:
                     nodes.pop(k, None)
                 rebuilt += 1
         self._lazy_zones = tuple((z, *self._templates(z)) for z in self.zones.values() if z.lazy)
+        self.lazy_names = tuple(z.lazy for z, _, _ in self._lazy_zones)
         return rebuilt
 
     def _templates(self, zone: Zone) -> tuple[Entry, Entry]:
@@ -341,6 +343,23 @@ class Table:
             cached = self.replies.get(data[2:])
             if cached is not None:
                 return data[:2] + cached
+            if self.below:
+                # A new name below one that exists: the reply for any such name of
+                # that first label's length (``_remember_below``), once the name
+                # proves not to exist after all. The key is the query less its first
+                # label, so it holds the header, the parent name, type and OPT that
+                # the remembered query had: the rest of the packet was checked then.
+                first = data[12] if len(data) > 12 else 0
+                neg = self.below.get(data[2:12] + data[13 + first :]) if 0 < first < 64 else None
+                if neg is not None:
+                    tail = neg.bodies.get(first)
+                    end = 13 + first + neg.parent  # where the name ends
+                    if tail is not None and end <= _LAST_NAME_BYTE + 1:
+                        name = data[12:end].lower()
+                        if name not in self.nodes and not (
+                            self.lazy_names and any(name in m for m in self.lazy_names)
+                        ):
+                            return b"".join((data[:2], neg.head, data[12 : end + 4], tail))
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:11] != b"\x00\x01\x00\x00\x00\x00\x00":
             # QR or an opcode set, or not one question and no records.
@@ -433,18 +452,6 @@ class Table:
             if z > _LAST_NAME_BYTE or self.waiting:
                 # Longer than 255 octets; or maybe a name not synced yet.
                 return self.general(data, tcp, addr)
-            first = lname[0]
-            if not tcp and 0 < first < 64:
-                # The name is neither a node nor a compact name (looked up above):
-                # if its parent exists, the reply is the one for any such name of
-                # that first label's length (``_remember_below``).
-                neg = self.below.get(data[2:12] + data[13 + first :])
-                # The name ends where the parent's does (a zero octet inside the
-                # first label would have ended ``lname`` early).
-                if neg is not None and z == 12 + first + neg.parent:
-                    tail = neg.bodies.get(first)
-                    if tail is not None:
-                        return b"".join((data[:2], neg.head, data[12:qend], tail))
             # Up to the closest existing ancestor, checking label lengths on the
             # way; the ancestor is a key, hence well formed: so is the whole name.
             k = lname
