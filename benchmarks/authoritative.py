@@ -698,7 +698,9 @@ def main() -> int:
     seconds = args.seconds or (2.0 if args.quick else 10.0)
     n_rounds = args.rounds or (1 if args.quick else 3)
     flood_lines = 50_000 if args.quick else 400_000
-    command = shlex.join(["python3", "benchmarks/authoritative.py", *sys.argv[1:]])
+    # Paths of this machine stay out of RESULTS.md: a tree given by path is named by its last part.
+    argv = [Path(a).name if Path(a).is_absolute() else a for a in sys.argv[1:]]
+    command = shlex.join(["python3", "benchmarks/authoritative.py", *argv])
 
     with tempfile.TemporaryDirectory(prefix="fedns-bench-") as t:
         tmp = Path(t)

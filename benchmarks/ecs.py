@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.subnets:
             many_subnets(manyfile, qname, args.subnets)
         for r in range(rounds):
-            for key in keys:
+            # Every other round in reverse, so no server always runs right after
+            # the same one (the order showed in before/after comparisons).
+            for key in keys if r % 2 == 0 else keys[::-1]:
                 print(f"[round {r + 1}/{rounds}] {key}", flush=True)
                 with running(key, setup, tmp, args) as t:
                     scope = check_answer(t, qname, args.subnet, want)
@@ -356,7 +358,8 @@ def render(rows: list[Row], args: argparse.Namespace, setup: Setup, want: str) -
     lines = [
         "## ECS: tailored answers (fedns vs gdnsd vs PowerDNS Lua)",
         "",
-        f"`python3 benchmarks/ecs.py` — {when}, {platform.node()} ({_cpus()} CPUs), "
+        f"`python3 benchmarks/ecs.py{' --baseline ' + args.baseline.name if args.baseline else ''}` "
+        f"— {when}, {platform.node()} ({_cpus()} CPUs), "
         f"every query `{NAME}.{setup.zone} A` with ECS {args.subnet} "
         f"(`dnsperf -E 8:{ecs_hex(args.subnet)}`), answer {want}. "
         f"Saturation: `dnsperf -c 4 -q 200`; CPU per query: the server's utime+stime "

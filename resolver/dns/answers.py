@@ -116,14 +116,11 @@ class _Subnet:
     opts: dict[int, tuple[bytes, bytes]]
 
 
-class _Edns(NamedTuple):
-    """What one OPT record asks for, as the fast path uses it (memoized by its bytes)."""
-
-    limit: int  # the UDP payload the reply may fill
-    do: int  # the DO bit, 0 or 1
-    raw: bytes | None  # the ECS option's data
-    sub: _Subnet | None  # ... validated
-    opt: bytes  # the reply's OPT record for SCOPE 0
+# What one OPT record asks for, as the fast path uses it (memoized by its bytes):
+# (UDP payload limit, DO bit 0/1, the ECS option's data, its _Subnet, the reply's
+# OPT record for SCOPE 0), unpacked by those names in ``respond``. A plain tuple:
+# unpacking a tuple subclass (a NamedTuple) takes the interpreter's slow path.
+_Edns = tuple[int, int, bytes | None, _Subnet | None, bytes]
 
 
 class _Below(NamedTuple):
@@ -356,9 +353,7 @@ class Table:
                     end = 13 + first + neg.parent  # where the name ends
                     if tail is not None and end <= _LAST_NAME_BYTE + 1:
                         name = data[12:end].lower()
-                        if name not in self.nodes and not (
-                            self.lazy_names and any(name in m for m in self.lazy_names)
-                        ):
+                        if name not in self.nodes and not (self.lazy_names and self._is_compact(name)):
                             return b"".join((data[:2], neg.head, data[12 : end + 4], tail))
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:11] != b"\x00\x01\x00\x00\x00\x00\x00":
@@ -492,6 +487,12 @@ class Table:
             self._remember_below(data, reply, qend)
         return reply
 
+    def _is_compact(self, name: bytes) -> bool:
+        """Whether ``name`` is a compact name (``Zone.lazy``). A method, not a
+        generator inside ``respond``: one would make every call of it allocate a
+        closure cell."""
+        return any(name in m for m in self.lazy_names)
+
     def _remember_below(self, data: bytes, reply: bytes, qend: int) -> None:
         first = data[12]
         key = data[2:12] + data[13 + first :]
@@ -531,12 +532,12 @@ class Table:
         do = rr[7] >> 7
         limit = max(MIN_UDP_PAYLOAD, min((rr[3] << 8) | rr[4], self.max_udp))
         if raw is None:
-            return _Edns(limit, do, None, None, self.opt_do if do else self.opt)
+            return limit, do, None, None, self.opt_do if do else self.opt
         sub = self._subnets.get(raw) or self._subnet(raw)
         if sub is None:
             return None  # a malformed ECS option: FORMERR, by the general path
         # SCOPE 0, for every answer that does not depend on the client (RFC 7871 7.2.1).
-        return _Edns(limit, do, raw, sub, sub.opts[0][do])
+        return limit, do, raw, sub, sub.opts[0][do]
 
     def _subnet(self, raw: bytes) -> _Subnet | None:
         """Validate and remember one ECS option; None when it is malformed."""
