@@ -96,8 +96,15 @@ class Runtime:
         self.lock = threading.Lock()
         self.sync = FirstSync(waiting, cfg.startup_wait)
         table.waiting = self.sync.holding()
+        # Tasks in flight, held here: the loop keeps only weak references to tasks.
+        self._tasks: set[asyncio.Task[None]] = set()
         if not self.sync.done:
-            asyncio.get_running_loop().create_task(self._release_when_synced())
+            self._keep(asyncio.get_running_loop().create_task(self._release_when_synced()))
+
+    def _keep(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _release_when_synced(self) -> None:
         await self.sync.event.wait()
@@ -143,4 +150,4 @@ class Runtime:
             if resp:
                 send(resp)
 
-        return asyncio.get_running_loop().create_task(run())
+        return self._keep(asyncio.get_running_loop().create_task(run()))
