@@ -130,6 +130,14 @@ class Reader:
             raise self.fail(key, f"expected a mapping, got {type(v).__name__}")
         return v
 
+    def sequence(self, v: Any, key: str, items: str) -> list[Any]:
+        """A list (absent: empty); ``items`` says what it holds, for the error."""
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise self.fail(key, f"expected a list of {items}")
+        return v
+
     def known(self, d: dict[str, Any], key: str, allowed: set[str]) -> None:
         extra = sorted(set(d) - allowed)
         if extra:
@@ -218,11 +226,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         max_inflight=r.integer(t.get("max_inflight", 64), "tcp.max_inflight", 1, 65535),
     )
 
-    zl = top.get("zones")
-    if zl is None:
-        zl = []
-    if not isinstance(zl, list):
-        raise r.fail("zones", "expected a list of {origin: NAME, file: PATH}")
+    zl = r.sequence(top.get("zones"), "zones", "{origin: NAME, file: PATH}")
     zones: list[ZoneConfig] = []
     seen: set[str] = set()
     for i, z in enumerate(zl):

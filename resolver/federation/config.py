@@ -240,11 +240,7 @@ def federation_from_dict(raw: Any, path: Path | None = None) -> FederationConfig
         )
     zone = absolute_name(r.string(fed["zone"], "federation.zone"))
 
-    cl = fed.get("clusters")
-    if cl is None:
-        cl = []
-    if not isinstance(cl, list):
-        raise r.fail("federation.clusters", "expected a list of {name, region, zone, ...}")
+    cl = r.sequence(fed.get("clusters"), "federation.clusters", "{name, region, zone, ...}")
     clusters: list[Cluster] = []
     for i, c in enumerate(cl):
         cluster = _cluster(r, c, f"federation.clusters[{i}]", base)

@@ -797,11 +797,7 @@ def parse_localities(
                 f"region {name!r} is not in federation.regions ({', '.join(known)}); add it there or fix the name",
             )
 
-    lst = fed.get("localities")
-    if lst is None:
-        lst = []
-    if not isinstance(lst, list):
-        raise r.fail("federation.localities", "expected a list of {cidr, region, zone}")
+    lst = r.sequence(fed.get("localities"), "federation.localities", "{cidr, region, zone}")
     rules: list[Rule] = []
     seen: dict[tuple[int, int, int], int] = {}
     for i, item in enumerate(lst):
