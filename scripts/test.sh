@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nsd knot knot-dnsutils bind9-dnsutils dnsperf dnsdist unbound gdnsd pdns-server pdns-backend-lua2)
+APT_PACKAGES=(nsd knot knot-dnsutils bind9-dnsutils dnsperf dnsdist unbound knot-resolver gdnsd
+              pdns-server pdns-backend-lua2 zonemaster-cli)
+# kubectl: the second, independent client of the fake API server. Some images
+# ship one (a cloud SDK's); Debian's package would collide with it, so only when absent.
+command -v kubectl >/dev/null 2>&1 || APT_PACKAGES+=(kubernetes-client)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,7 +21,7 @@ if ((${#missing[@]})); then
   # system that fails harmlessly, and the tests start their own instances.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-for d in nsd knotd unbound dnsdist gdnsd pdns_server; do
+for d in nsd knotd unbound kresd dnsdist gdnsd pdns_server; do
   pkill -x "$d" 2>/dev/null || true   # package post-install may have started a system instance
 done
 
