@@ -70,6 +70,11 @@ ZONE_ERRORS = {
     "missing file": (None, ["{zone}", "cannot read"]),
 }
 
+FED = f"""federation:
+  zone: {ORIGIN}
+  clusters: [{{name: east, region: us-east, zone: us-east-1a}}]
+"""
+
 # name -> (extra top-level YAML, substrings the error must contain)
 CONFIG_ERRORS = {
     "unknown top-level key": ("zonez: []\n", ["zonez", "unknown key"]),
@@ -78,6 +83,27 @@ CONFIG_ERRORS = {
     "port not a number": ("dns:\n  listen: 127.0.0.1:dns\n", ["dns.listen", "not a number"]),
     "wrong value type": ("tcp:\n  max_connections: many\n", ["tcp.max_connections", "many"]),
     "not YAML": ("server: [unclosed\n", ["fedns.yaml:", "YAML"]),
+    # names that would silently never match: a cluster or region that is not defined
+    "failover names an undefined cluster": (
+        FED + "  policies: {shop/checkout: {policy: failover, failover: [east, west]}}\n",
+        ["federation.policies.shop/checkout.failover[1]", "unknown cluster 'west'", "east"],
+    ),
+    "failover lists a cluster twice": (
+        FED + "  policies: {shop/checkout: {policy: failover, failover: [east, east]}}\n",
+        ["federation.policies.shop/checkout.failover[1]", "listed twice"],
+    ),
+    "weights name an undefined cluster": (
+        FED + "  policies: {shop/ads: {policy: weighted, weights: {east: 3, eest: 1}}}\n",
+        ["federation.policies.shop/ads.weights.eest", "unknown cluster 'eest'"],
+    ),
+    "default failover names an undefined cluster": (
+        FED + "  defaults: {failover: [eu]}\n",
+        ["federation.defaults.failover[0]", "unknown cluster 'eu'"],
+    ),
+    "prefer names an undefined region": (
+        FED + "  regions: [{name: us-east, lat: 39.0, lon: -77.5, prefer: [us-west]}]\n",
+        ["federation.regions[0].prefer[0]", "us-west"],
+    ),
 }
 
 

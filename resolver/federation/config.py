@@ -252,7 +252,9 @@ def federation_from_dict(raw: Any, path: Path | None = None) -> FederationConfig
 
     export = _export(r, fed.get("export"), "federation.export")
     services = _services(r, fed.get("services"), "federation.services", clusters)
-    routing = parse_routing({k: fed[k] for k in ROUTING_KEYS if k in fed}, path)
+    routing = parse_routing(
+        {k: fed[k] for k in ROUTING_KEYS if k in fed}, path, frozenset(c.name for c in clusters)
+    )
     return FederationConfig(zone, tuple(clusters), export, services, routing)
 
 
@@ -495,11 +497,15 @@ class Routing:
     probe: ProbeSpec | None = None  # default active probe for every federated service
 
 
-def parse_routing(routing: Any, path: Path | None) -> Routing:
+def parse_routing(
+    routing: Any, path: Path | None, clusters: frozenset[str] | None = None
+) -> Routing:
+    """The routing keys of ``federation:``; with ``clusters``, policies may name only those."""
     r = Reader(path)
     raw = dict(routing or {})
     defaults = with_fields(
-        DEFAULT_POLICY, policy_fields(raw.get("defaults") or {}, "federation.defaults", r)
+        DEFAULT_POLICY,
+        policy_fields(raw.get("defaults") or {}, "federation.defaults", r, clusters),
     )
     overrides: dict[str, dict[str, Any]] = {}
     pol = raw.get("policies") or {}
@@ -508,7 +514,9 @@ def parse_routing(routing: Any, path: Path | None) -> Routing:
     for svc, settings in pol.items():
         if not isinstance(svc, str) or svc.count("/") != 1:
             raise r.fail(f"federation.policies.{svc}", "key must be 'namespace/name'")
-        overrides[svc.lower()] = policy_fields(settings, f"federation.policies.{svc}", r)
+        overrides[svc.lower()] = policy_fields(
+            settings, f"federation.policies.{svc}", r, clusters
+        )
     probe = parse_probe(raw.get("health"), "federation.health", r)
     return Routing(defaults, overrides, build_locator(raw, path), probe)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -224,14 +224,24 @@ def _walk_tiers(
 
 # -- configuration ---------------------------------------------------------------
 
+
+def _known_cluster(r: Reader, key: str, name: str, clusters: Collection[str] | None) -> None:
+    if clusters is not None and name not in clusters:
+        known = ", ".join(sorted(clusters)) or "none"
+        raise r.fail(key, f"unknown cluster {name!r}; federation.clusters names: {known}")
+
 _POLICY_KEYS = {"policy", "failover", "weights", "min_healthy_fraction", "max_answers", "fail_open", "ttl"}
 
 
-def policy_fields(raw: Any, where: str, r: Reader = NO_FILE) -> dict[str, Any]:
+def policy_fields(
+    raw: Any, where: str, r: Reader = NO_FILE, clusters: Collection[str] | None = None
+) -> dict[str, Any]:
     """Validate one policy mapping (config or annotations) into ``Policy`` fields.
 
     Raises ``r.fail(key, problem)`` (a ConfigError) naming the offending key
     under ``where``; ``NO_FILE`` for annotations, whose callers catch it.
+    With ``clusters`` (the config's), a ``failover`` or ``weights`` entry naming
+    another cluster is an error: it would silently never match an endpoint.
     """
     if not isinstance(raw, dict):
         raise r.fail(where, "expected a mapping of policy settings")
@@ -247,6 +257,10 @@ def policy_fields(raw: Any, where: str, r: Reader = NO_FILE) -> dict[str, Any]:
         items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
         if not isinstance(items, list | tuple) or not all(isinstance(x, str) and x for x in items):
             raise r.fail(f"{where}.failover", "expected a list of cluster names (or 'a,b')")
+        for i, name in enumerate(items):
+            _known_cluster(r, f"{where}.failover[{i}]", name, clusters)
+            if name in items[:i]:
+                raise r.fail(f"{where}.failover[{i}]", f"cluster {name!r} is listed twice")
         out["failover"] = tuple(items)
     if "weights" in raw:
         v = raw["weights"]
@@ -259,6 +273,8 @@ def policy_fields(raw: Any, where: str, r: Reader = NO_FILE) -> dict[str, Any]:
             isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in v.values()
         ):
             raise r.fail(f"{where}.weights", "expected {cluster: whole number >= 0}")
+        for k in v:
+            _known_cluster(r, f"{where}.weights.{k}", str(k), clusters)
         out["weights"] = tuple((str(k), int(w)) for k, w in v.items())
     for name, conv, lo, hi in (
         ("ttl", int, 0, 86400),
