@@ -94,13 +94,18 @@ class Supervisor:
         on_reload: Callable[[Instance], None],
         stats: Callable[[], dict[str, Any]],
         on_synced: Callable[[], None],
+        serving: Callable[[], int] = lambda: 1,
     ) -> None:
         self.inst = inst
         self._publish = publish
         self._on_reload = on_reload
         self._stats = stats
         self._on_synced = on_synced
+        self._serving = serving
         self._sync_task: asyncio.Task[None] | None = None
+        # Set once and kept: a reload that re-lists clusters must not flip every
+        # replica out of its Service at the same moment.
+        self.first_sync_over = False
         self.control: Control | None = None
         self.admin_runner: Any = None
 
@@ -120,14 +125,43 @@ class Supervisor:
             from .serve.admin import Admin, start_admin
 
             app = Admin(
-                explain=lambda *q: self.inst.explain(*q),
+                explain=self.explain,
                 stats=self.stats,
                 registry=lambda: self.control.registry_view() if self.control else {"services": []},
                 clusters=lambda: self.control.clusters_view() if self.control else {},
-                ready=lambda: self.control.ready() if self.control else (True, "ok"),
+                ready=self.ready,
             )
             self.admin_runner = await start_admin(app, *admin)
             log.info("admin_listening", admin=f"{admin[0]}:{admin[1]}")
+
+    def ready(self) -> tuple[bool, str]:
+        """``/readyz``: this instance answers correctly. Its zones are loaded (there
+        is no Supervisor before), a serving process is up, and the startup wait for
+        the first sync is over. A member cluster that cannot be reached is never a
+        reason: it would take every replica out of the Service and the whole zone,
+        static records included, dark. It shows in the reason, the metrics, the
+        logs, stale markings and explain instead."""
+        if self._serving() == 0:
+            return False, "no serving process is up (see the worker_died log lines)"
+        if not self.first_sync_over:
+            waiting = [c["cluster"] for c in self.control.lagging()] if self.control else []
+            return False, (
+                f"startup: waiting for the first sync of {', '.join(waiting) or 'the federation'}"
+                f" (at most dns.startup_wait = {self.cfg.startup_wait:g} s)"
+            )
+        lagging = self.control.lagging() if self.control else []
+        if not lagging:
+            return True, "ok"
+        return True, "ok; " + "; ".join(f"cluster {c['cluster']}: {c['effect']}" for c in lagging)
+
+    def explain(
+        self, name: str, qtype: str | None, subnet: str | None, source: str | None = None
+    ) -> dict[str, Any]:
+        out = self.inst.explain(name, qtype, subnet, source)
+        lagging = self.control.lagging() if self.control else []
+        if lagging:
+            out["lagging_clusters"] = lagging
+        return out
 
     def stats(self) -> dict[str, Any]:
         s = self._stats()
@@ -137,6 +171,7 @@ class Supervisor:
     async def _start_control(self) -> None:
         fed = self.inst.fed
         if fed is None:
+            self.first_sync_over = True
             return
         control = self.control = Control(fed, self.publish)
         await control.start()
@@ -156,6 +191,7 @@ class Supervisor:
                     waiting=[n for n, st in registry.cluster_status().items() if not st.synced],
                 )
                 self._on_synced()
+                self.first_sync_over = True
 
         self._sync_task = asyncio.get_running_loop().create_task(first_sync())
 
@@ -241,7 +277,9 @@ async def _serve_parent(inst: Instance, pool: WorkerPool, admin: tuple[str, int]
         pool.cfg = new.cfg
         pool.send(Reload())
 
-    sup = Supervisor(inst, publish, on_reload, pool.stats, lambda: pool.send(Synced()))
+    sup = Supervisor(
+        inst, publish, on_reload, pool.stats, lambda: pool.send(Synced()), pool.alive
+    )
     await sup.start(admin)
     waiter = loop.create_task(_wait_signals(sup))
     code = 0
@@ -300,8 +338,10 @@ def explain_locally(
             await control.start()
             try:
                 if not await control.registry.wait_synced(timeout):
-                    status = control.ready()[1]
-                    raise TimeoutError(f"{status} after {timeout:.0f} s; is the cluster reachable?")
+                    waiting = ", ".join(c["cluster"] for c in control.lagging() if not c["synced"])
+                    raise TimeoutError(
+                        f"no first sync of {waiting} after {timeout:.0f} s; is the cluster reachable?"
+                    )
                 control.release()
             finally:
                 await control.stop()

@@ -202,9 +202,26 @@ class Control:
     def clusters_view(self) -> dict[str, Any]:
         return {name: st.as_dict() for name, st in self.registry.cluster_status().items()}
 
-    def ready(self) -> tuple[bool, str]:
-        status = self.registry.cluster_status()
-        waiting = [n for n, st in status.items() if not st.synced]
-        if waiting:
-            return False, "waiting for the first sync of: " + ", ".join(waiting)
-        return True, "ok"
+    def lagging(self) -> list[dict[str, Any]]:
+        """The clusters this instance has no current view of (never listed, or out of
+        contact past ``stale_after``) and what that does to answers; empty when all are."""
+        out: list[dict[str, Any]] = []
+        for name, st in self.registry.cluster_status().items():
+            if st.synced and not st.stale:
+                continue
+            if not st.synced:
+                effect = "not listed yet: its services and endpoints are not in answers"
+            elif st.stale_policy == "serve":
+                effect = f"no contact for over {st.stale_after:g} s: its endpoints kept, marked stale"
+            else:
+                effect = f"no contact for over {st.stale_after:g} s: left out of answers"
+            out.append(
+                {
+                    "cluster": name,
+                    "synced": st.synced,
+                    "stale": st.stale,
+                    "last_error": st.last_error,
+                    "effect": effect,
+                }
+            )
+        return out

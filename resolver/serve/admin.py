@@ -5,7 +5,8 @@ It knows nothing of the federation: what it shows comes from the callables
 the instance (``resolver.app``) gives it.
 
 - ``GET /healthz``: the process is alive.
-- ``GET /readyz``: 200 once zones are loaded and every cluster has synced once.
+- ``GET /readyz``: 200 once this instance answers correctly (zones loaded, the startup
+  wait for the first sync over); never 503 because a member cluster is unreachable.
 - ``GET /metrics``: Prometheus text format.
 - ``GET /v1/registry``: the federated services as the control side sees them.
 - ``GET /v1/clusters``: per-cluster watch state (synced, last contact, stale).

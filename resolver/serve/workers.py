@@ -221,8 +221,12 @@ class WorkerPool:
     def stats(self) -> dict[str, Any]:
         parts = list(self._stats.values())
         s = sum_stats([*parts, self._retired] if self._retired else parts)
-        s["workers"] = sum(1 for p in self.procs if p.is_alive())
+        s["workers"] = self.alive()
         return s
+
+    def alive(self) -> int:
+        """How many serving processes are up now."""
+        return sum(1 for p in self.procs if p.is_alive())
 
     def respawn_dead(self, served: Served, waiting: tuple[bytes, ...]) -> bool:
         """Replace every worker that died; False on a crash loop (then stop fedns)."""
