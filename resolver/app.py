@@ -327,7 +327,12 @@ def serve(
 
 
 def explain_locally(
-    cfg: Config, name: str, qtype: str, subnet: str | None, timeout: float = 15.0
+    cfg: Config,
+    name: str,
+    qtype: str,
+    subnet: str | None,
+    source: str | None = None,
+    timeout: float = 15.0,
 ) -> dict[str, Any]:
     """``fedns explain`` without a running server: load the config, sync once, explain."""
     inst = load_instance(cfg)
@@ -345,6 +350,6 @@ def explain_locally(
                 control.release()
             finally:
                 await control.stop()
-        return inst.explain(name, qtype, subnet)
+        return inst.explain(name, qtype, subnet, source)
 
     return asyncio.run(run())

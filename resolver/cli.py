@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("name")
     e.add_argument("--type", default="A", help="record type (default A)")
     e.add_argument("--subnet", help="client subnet as a resolver would send it in ECS, e.g. 10.1.2.0/24")
+    e.add_argument(
+        "--source",
+        help="the asking resolver's address, placing the client when there is no ECS "
+        "(e.g. a CoreDNS pod's address), e.g. 10.244.1.7",
+    )
     e.add_argument("--server", help="admin URL of a running fedns, e.g. http://127.0.0.1:8053")
     e.add_argument("-c", "--config", type=Path, help="without --server: load this config locally")
     e.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -39,11 +45,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.cmd == "check":
-        return _check(args.config)
-    if args.cmd == "explain":
-        return _explain(args)
-    return _serve(args)
+    try:
+        if args.cmd == "check":
+            return _check(args.config)
+        if args.cmd == "explain":
+            return _explain(args)
+        return _serve(args)
+    except BrokenPipeError:  # `fedns explain ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -59,6 +69,8 @@ def _explain(args: argparse.Namespace) -> int:
         q = {"name": args.name, "type": args.type}
         if args.subnet:
             q["subnet"] = args.subnet
+        if args.source:
+            q["source"] = args.source
         url = args.server.rstrip("/") + "/v1/explain?" + urllib.parse.urlencode(q)
         try:
             with urllib.request.urlopen(url, timeout=10) as r:
@@ -75,7 +87,9 @@ def _explain(args: argparse.Namespace) -> int:
         from .federation.explain import ExplainError
 
         try:
-            data = explain_locally(load_config(args.config), args.name, args.type, args.subnet)
+            data = explain_locally(
+                load_config(args.config), args.name, args.type, args.subnet, args.source
+            )
         except (ConfigError, ZoneError, ExplainError) as err:
             print(f"fedns explain: {err}", file=sys.stderr)
             return 1

@@ -144,6 +144,17 @@ async def test_explain_agrees_with_dns_and_follows_health(
         assert code == 0
         assert "scope: 16" in text and "127.1.0.2" in text and "not ready" in text
 
+        # No ECS (behind CoreDNS): the asking resolver's address places the client.
+        out = await run_cli(
+            "explain", svc.fqdn, "--source", "127.0.0.1", "--server", w.admin, "--json"
+        )
+        assert out[0] == 0, out
+        cli = json.loads(out[1])
+        _, http = await explain(w, name=svc.fqdn, type="A", source="127.0.0.1")
+        for key in ("answer", "scope", "locality", "steps"):
+            assert cli[key] == http[key], key
+        assert cli["locality"]["from"] == "source", cli["locality"]
+
 
 BAD = [
     ({"type": "A"}, "name"),
