@@ -152,7 +152,41 @@ def _check(path: Path) -> int:
             f"  zone {z.origin}: {len(z.data)} names, {rrsets} RRsets, "
             f"{len(z.cuts)} delegations, serial {z.soa.rdatas[0].times[0]}"
         )
+    if fed is not None:
+        for warning in _credential_warnings(fed):
+            print(f"  warning: {warning}")
     return 0
+
+
+def _credential_warnings(fed: Any) -> list[str]:
+    """Kubeconfigs the watch could not load, read by the loader ``serve`` uses.
+
+    Warnings, not errors: the config may be checked away from where it runs
+    (a chart's Secrets exist only in the pod). ``serve`` would log the same
+    error, retry, and leave the cluster unsynced."""
+    import asyncio
+
+    from .federation.sources.kubernetes import KubernetesSource
+
+    out: list[str] = []
+    for c in fed.clusters:
+        if c.kubeconfig is None:  # static, or in_cluster: only the pod has its credentials
+            continue
+        if not c.kubeconfig.is_file():
+            out.append(
+                f"cluster {c.name}: kubeconfig {c.kubeconfig} not found; "
+                "serve would retry and leave the cluster unsynced"
+            )
+            continue
+        try:
+            asyncio.run(KubernetesSource(c, fed.export).load_configuration())
+        except Exception as e:
+            out.append(
+                f"cluster {c.name}: cannot load {c.kubeconfig}"
+                f"{f' (context {c.context})' if c.context else ''}: {type(e).__name__}: {e}; "
+                "serve would retry and leave the cluster unsynced"
+            )
+    return out
 
 
 def _serve(args: argparse.Namespace) -> int:

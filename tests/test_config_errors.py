@@ -170,3 +170,20 @@ def test_check_good_zone(tmp_path: Path) -> None:
     result = run("check", "-c", str(config_for(tmp_path, GOOD_HEAD)))
     assert result.returncode == 0, result.stderr
     assert ORIGIN in result.stdout
+
+
+def test_check_warns_of_credentials_serve_could_not_load(tmp_path: Path) -> None:
+    """Warnings, not errors: a chart's kubeconfig Secrets exist only in the pod."""
+    fed = (
+        f"federation:\n  zone: {ORIGIN}\n  clusters:\n"
+        "    - {name: east, kubeconfig: missing.kubeconfig}\n"
+        "    - {name: west, kubeconfig: broken.kubeconfig, context: west}\n"
+        "    - {name: eu, in_cluster: true}\n"
+    )
+    (tmp_path / "broken.kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
+    result = run("check", "-c", str(config_for(tmp_path, GOOD_HEAD, fed)))
+    assert result.returncode == 0, result.stderr
+    warnings = [ln for ln in result.stdout.splitlines() if "warning:" in ln]
+    assert len(warnings) == 2, result.stdout
+    assert "cluster east: kubeconfig" in warnings[0] and "not found" in warnings[0]
+    assert "cluster west: cannot load" in warnings[1] and "context west" in warnings[1]

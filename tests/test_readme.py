@@ -42,6 +42,7 @@ def test_the_configuration_sample_passes_fedns_check(tmp_path: Path) -> None:
         capture_output=True, text=True, env=fedns_env(), timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stdout, result.stdout  # its kubeconfig loads
     clusters = len(doc["federation"]["clusters"])
     assert f"{clusters} clusters" in result.stdout, result.stdout
     for z in doc["zones"]:
