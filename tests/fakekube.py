@@ -779,8 +779,13 @@ class FakeKube:
         serve_exports: bool = True,
         default_watch_timeout: float = 1800.0,
         aggregated_discovery: bool = True,
+        rbac_namespaces: Iterable[str] | None = None,
     ) -> None:
         self.name = name
+        # RBAC of a namespace-scoped account (Roles, no ClusterRole): lists and
+        # watches only inside these namespaces; anything else is 403, as the real
+        # authorizer answers. None: allowed everywhere.
+        self.rbac_namespaces = frozenset(rbac_namespaces) if rbac_namespaces is not None else None
         self.aggregated_discovery = aggregated_discovery
         self.bookmark_interval = bookmark_interval
         self.expired_as_http = expired_as_http
@@ -1104,6 +1109,8 @@ class FakeKube:
             if errs:
                 return _invalid_list_options(errs)
             ns = request.match_info.get("ns")
+            if self.rbac_namespaces is not None and ns not in self.rbac_namespaces:
+                return _forbidden(resource, "watch" if watching else "list", ns)
             if watching:
                 return await self._watch(request, resource, ns, sel, fields, media)
             return await self._list(request, resource, ns, sel, fields, media)
@@ -1769,6 +1776,27 @@ def _gv(api_version: str) -> tuple[str, str]:
     return g, v
 
 
+_GROUPS = {SERVICES: "", ENDPOINTSLICES: "discovery.k8s.io", SERVICEEXPORTS: "multicluster.x-k8s.io"}
+
+
+def _forbidden(resource: str, verb: str, ns: str | None) -> web.Response:
+    """The authorizer's 403, worded as kube-apiserver words it."""
+    user = "system:serviceaccount:fedns:fedns"
+    where = "at the cluster scope" if ns is None else f'in the namespace "{ns}"'
+    group = _GROUPS.get(resource, "")
+    return _json(
+        403,
+        status_object(
+            403,
+            "Forbidden",
+            f'{resource} is forbidden: User "{user}" cannot {verb} resource "{resource}" '
+            f'in API group "{group}" {where}',
+            kind=resource,
+            group=group,
+        ),
+    )
+
+
 def _json(status: int, obj: Any) -> web.Response:
     return web.Response(
         status=status, body=json.dumps(obj).encode(), content_type="application/json"
@@ -2014,7 +2042,11 @@ class Running:
     sources: dict[str, Any]
 
     def reflector(self, cluster: str, resource: str) -> Any:
-        return self.sources[cluster].reflectors[resource]
+        """The one reflector of ``resource`` (keyed ``resource/namespace`` when the
+        source watches allowed namespaces one by one)."""
+        found = [r for r in self.sources[cluster].reflectors.values() if r.kind == resource]
+        assert len(found) == 1, f"{len(found)} reflectors of {resource} in {cluster}"
+        return found[0]
 
 
 @contextlib.asynccontextmanager

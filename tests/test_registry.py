@@ -447,3 +447,53 @@ async def test_unusable_objects_are_skipped(fake_kube, tmp_path: Path) -> None:
         await until(
             lambda: not reg.snapshot(CART).per_cluster[0].endpoints, "cart has no endpoints"
         )
+
+
+async def test_allowed_namespaces_are_watched_one_by_one_under_namespaced_rbac(
+    fake_kube, tmp_path: Path
+) -> None:
+    """``export.namespaces.allow``: one list+watch per namespace, which Roles in those
+    namespaces permit (the chart's ``rbac.namespaces``); a server that forbids
+    every cluster-wide request still syncs, and each namespace's relist leaves
+    the others alone."""
+    k = await fake_kube("east", rbac_namespaces=["shop", "pay"])
+    for ns in ("shop", "pay", "other"):
+        k.put_service(ns, "cart")
+        k.put_slice(ns, "cart-a", "cart", [endpoint(f"127.1.0.{len(ns)}")])
+    export = {"mode": "all", "namespaces": {"allow": ["shop", "pay"]}}
+    async with running_registry({"east": k}, tmp_path, export=export) as fed:
+        reg = fed.registry
+        assert reg.keys() == frozenset({ServiceKey("shop", "cart"), ServiceKey("pay", "cart")})
+        assert set(fed.sources["east"].reflectors) == {
+            "services/pay", "services/shop", "endpointslices/pay", "endpointslices/shop"
+        }
+        # A 410 makes one namespace's reflector relist: the other namespace stays.
+        k.put_service("pay", "ledger")
+        k.put_slice("pay", "ledger-a", "ledger", [endpoint("127.1.0.9")])
+        k.compact()
+        k.error_watches(410)
+        await until(
+            lambda: reg.snapshot(ServiceKey("pay", "ledger")) is not None, "pay/ledger after relists"
+        )
+        assert reg.snapshot(ServiceKey("shop", "cart")).cluster("east").endpoints
+    paths = {p for _, p, _ in k.requests}
+    assert paths and all("/namespaces/shop/" in p or "/namespaces/pay/" in p for p in paths), paths
+    assert reg.cluster_status()["east"].last_error is None
+
+
+async def test_the_fake_forbids_what_namespaced_rbac_forbids(fake_kube, tmp_path: Path) -> None:
+    """The control for the test above: watching all namespaces under Roles fails (403)."""
+    k = await fake_kube("east", rbac_namespaces=["shop"])
+    k.put_service("shop", "cart")
+    from resolver.federation.config import federation_from_dict
+
+    fed = federation_from_dict(fakekube.federation_config({"east": k}, tmp_path), tmp_path / "f.yaml")
+    reg = Registry.from_config(fed)
+    task = asyncio.create_task(reg.run(build_sources(fed, timings=fakekube.fast_timings())))
+    try:
+        assert not await reg.wait_synced(1.0)
+        await until(lambda: reg.cluster_status()["east"].last_error is not None, "an error")
+        assert "forbidden" in (reg.cluster_status()["east"].last_error or "").lower()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -105,7 +105,7 @@ class _State:
         "timer",
     )
 
-    def __init__(self, cluster: Cluster, required: frozenset[str]) -> None:
+    def __init__(self, cluster: Cluster, required: frozenset[tuple[str, str | None]]) -> None:
         self.cluster = cluster
         self.objects: dict[str, dict[tuple[str, str], Any]] = {
             SERVICES: {},
@@ -115,7 +115,8 @@ class _State:
         self.by_service: dict[ServiceKey, dict[str, SliceObject]] = {}
         self.built: dict[ServiceKey, ClusterService | None] = {}
         self.required = required
-        self.synced_kinds: set[str] = set()
+        # (kind, namespace) lists done; namespace None: all namespaces at once.
+        self.synced_kinds: set[tuple[str, str | None]] = set()
         self.synced_event = asyncio.Event()
         self.last_contact: float | None = None
         self.last_contact_wall: float | None = None
@@ -165,9 +166,9 @@ class _Sink:
         """An object was deleted (a watch DELETED event)."""
         self._reg._drop(self._st, kind, (namespace, name))
 
-    def replace(self, kind: Kind, objects: Iterable[KubeObject]) -> None:
-        """A full list: objects not in it are deleted (synthetic deletes); marks ``kind`` synced."""
-        self._reg._replace(self._st, kind, objects)
+    def replace(self, kind: Kind, objects: Iterable[KubeObject], namespace: str | None = None) -> None:
+        """A full list (of one namespace, with ``namespace``): see ``ClusterSink.replace``."""
+        self._reg._replace(self._st, kind, objects, namespace)
 
     def contact(self) -> None:
         """The API server answered (a list, a watch line, a bookmark, a heartbeat)."""
@@ -194,10 +195,17 @@ class Registry:
         for c in clusters:
             if c.name in self._by_name:
                 raise ValueError(f"cluster {c.name!r} given twice")
-            required = {SERVICES, ENDPOINTSLICES}
+            kinds = [SERVICES, ENDPOINTSLICES]
             if c.source == "kubernetes" and self.export.mode == "serviceexport":
-                required.add(SERVICEEXPORTS)
-            st = _State(c, frozenset(required))
+                kinds.append(SERVICEEXPORTS)
+            # A Kubernetes source lists allowed namespaces one by one (see
+            # sources/kubernetes.py): synced once each of them is listed.
+            scopes: list[str | None] = (
+                [*sorted(self.export.allow)]
+                if c.source == "kubernetes" and self.export.allow is not None
+                else [None]
+            )
+            st = _State(c, frozenset((k, ns) for k in kinds for ns in scopes))
             self._states.append(st)
             self._by_name[c.name] = st
         self._subs: list[Callback] = []
@@ -374,18 +382,32 @@ class Registry:
             if not group:
                 del st.by_service[sl.key]
 
-    def _replace(self, st: _State, kind: Kind, objects: Iterable[KubeObject]) -> None:
+    def _replace(
+        self, st: _State, kind: Kind, objects: Iterable[KubeObject], namespace: str | None = None
+    ) -> None:
         fresh: dict[tuple[str, str], KubeObject] = {}
         for o in objects:
             if _kind_of(o) != kind:
                 raise TypeError(f"replace({kind!r}) got a {type(o).__name__}")
+            if namespace is not None and o.ident[0] != namespace:
+                raise ValueError(f"replace({kind!r}, namespace={namespace!r}) got {o.ident}")
             fresh[o.ident] = o
-        for ident in [i for i in st.objects[kind] if i not in fresh]:
+        gone = [
+            i
+            for i in st.objects[kind]
+            if i not in fresh and (namespace is None or i[0] == namespace)
+        ]
+        for ident in gone:
             self._drop(st, kind, ident)
         for o in fresh.values():
             self._put(st, o)
-        if kind not in st.synced_kinds:
-            st.synced_kinds.add(kind)
+        done = (
+            {m for m in st.required if m[0] == kind} | {(kind, None)}
+            if namespace is None
+            else {(kind, namespace)}
+        )
+        if not done <= st.synced_kinds:
+            st.synced_kinds |= done
             if st.required <= st.synced_kinds and not st.synced_event.is_set():
                 st.synced_event.set()
                 log.info(

@@ -25,8 +25,12 @@ class ClusterSink(Protocol):
     def delete(self, kind: Kind, namespace: str, name: str) -> None:
         """An object was deleted (a watch DELETED event)."""
 
-    def replace(self, kind: Kind, objects: Iterable[KubeObject]) -> None:
-        """A full list: objects not in it are deleted (synthetic deletes); marks ``kind`` synced."""
+    def replace(self, kind: Kind, objects: Iterable[KubeObject], namespace: str | None = None) -> None:
+        """A full list: objects not in it are deleted (synthetic deletes); marks ``kind`` synced.
+
+        With ``namespace``, the list of that namespace only (a source watching
+        ``export.namespaces.allow`` one by one): other namespaces are left alone,
+        and ``kind`` is synced once every allowed namespace has been listed."""
 
     def contact(self) -> None:
         """The API server answered (a list, a watch line, a bookmark, a heartbeat)."""

@@ -332,8 +332,10 @@ class Reflector:
         rng: random.Random,
         label_selector: str | None = None,
         on_contact: Callable[[], None] | None = None,
+        namespace: str | None = None,
     ) -> None:
         self.kind = kind
+        self.namespace = namespace  # None: every namespace in one list+watch
         self.list_fn = list_fn
         self.strip = strip
         self.sink = sink
@@ -343,6 +345,8 @@ class Reflector:
         self.on_contact = on_contact
         self.rv: str | None = None
         self.log = log.bind(cluster=sink.cluster.name, resource=kind)
+        if namespace is not None:
+            self.log = self.log.bind(namespace=namespace)
         # Counters, for tests and the status page.
         self.lists = 0
         self.watches = 0
@@ -441,7 +445,10 @@ class Reflector:
         rv = _rv(data)
         objs = [o for o in map(self.strip, items) if o is not None]
         self._contact()
-        self.sink.replace(self.kind, objs)
+        if self.namespace is None:
+            self.sink.replace(self.kind, objs)
+        else:
+            self.sink.replace(self.kind, objs, namespace=self.namespace)
         self.rv = rv
         self.lists += 1
         self.log.debug("listed", items=len(items), kept=len(objs), rv=rv)
@@ -607,27 +614,45 @@ class KubernetesSource:
         mk = partial(
             Reflector, sink=sink, timings=self.timings, rng=self.rng, on_contact=self._touch
         )
-        out = {
-            SERVICES: mk(
+        custom = client.CustomObjectsApi(api)
+        # With export.namespaces.allow, one list+watch per allowed namespace instead
+        # of one across all: what namespaced Roles permit (least privilege, the
+        # chart's rbac.namespaces), and less for the API server to send.
+        scopes: list[str | None] = (
+            [*sorted(self.export.allow)] if self.export.allow is not None else [None]
+        )
+        out: dict[str, Reflector] = {}
+        for ns in scopes:
+            suffix = "" if ns is None else f"/{ns}"
+            out[SERVICES + suffix] = mk(
                 SERVICES,
-                core.list_service_for_all_namespaces,
+                core.list_service_for_all_namespaces
+                if ns is None
+                else partial(core.list_namespaced_service, ns),
                 partial(strip_service, keep_labels=mode == "selector"),
                 label_selector=selector,  # filtered by the server; leaving the selection is a DELETED
-            ),
-            ENDPOINTSLICES: mk(
+                namespace=ns,
+            )
+            out[ENDPOINTSLICES + suffix] = mk(
                 ENDPOINTSLICES,
-                disc.list_endpoint_slice_for_all_namespaces,
+                disc.list_endpoint_slice_for_all_namespaces
+                if ns is None
+                else partial(disc.list_namespaced_endpoint_slice, ns),
                 partial(strip_slice, cluster=sys.intern(self.cluster.name)),
                 label_selector=SERVICE_NAME_LABEL,  # only slices that belong to a Service
-            ),
-        }
-        if mode == "serviceexport":
-            custom = client.CustomObjectsApi(api)
-            out[SERVICEEXPORTS] = mk(
-                SERVICEEXPORTS,
-                partial(custom.list_cluster_custom_object, MCS_GROUP, MCS_VERSION, MCS_PLURAL),
-                strip_export,
+                namespace=ns,
             )
+            if mode == "serviceexport":
+                out[SERVICEEXPORTS + suffix] = mk(
+                    SERVICEEXPORTS,
+                    partial(custom.list_cluster_custom_object, MCS_GROUP, MCS_VERSION, MCS_PLURAL)
+                    if ns is None
+                    else partial(
+                        custom.list_namespaced_custom_object, MCS_GROUP, MCS_VERSION, ns, MCS_PLURAL
+                    ),
+                    strip_export,
+                    namespace=ns,
+                )
         return out
 
     async def _heartbeat(self, api: client.ApiClient, sink: ClusterSink) -> None:
