@@ -7,6 +7,7 @@ what is expected, so an operator can fix it without reading code.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,33 @@ class TcpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """``rate_limit:`` (response rate limiting on UDP; off unless configured)."""
+
+    responses_per_second: int = 20
+    slip: int = 2
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 56
+    window: float = 15.0
+    table_size: int = 65536
+    log_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CookieConfig:
+    """``cookies:`` (DNS cookies, RFC 7873 / RFC 9018)."""
+
+    secret_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """``limits:`` (bounds on what input may make fedns load)."""
+
+    max_records: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None
     listen: tuple[str, int] = ("127.0.0.1", 5300)
@@ -64,6 +92,9 @@ class Config:
     version: str | None = None
     log_level: str = "info"
     federation: dict[str, Any] = field(default_factory=dict)
+    rate_limit: RateLimitConfig | None = None  # None: off
+    cookies: CookieConfig | None = None
+    limits: LimitsConfig = LimitsConfig()
 
 
 def parse_hostport(text: str, where: str, default_port: int | None = None) -> tuple[str, int]:
@@ -165,6 +196,24 @@ class Reader:
             raise self.fail(key, f"expected a non-empty string, got {v!r}")
         return v
 
+    def duration(self, v: Any, key: str, lo: float, hi: float) -> float:
+        """Seconds, from ``15s``, ``500ms``, ``2m``, ``1h`` (as Kubernetes and CoreDNS
+        write them) or a plain number of seconds."""
+        if isinstance(v, str):
+            m = _DURATION.fullmatch(v.strip())
+            if m is None:
+                raise self.fail(key, f"{v!r} is not a duration; write e.g. 500ms, 15s, 2m or 1h")
+            v = float(m.group(1)) * _UNITS[m.group(2)]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self.fail(key, f"expected a duration such as 15s, got {v!r}")
+        if not lo <= v <= hi:
+            raise self.fail(key, f"{v:g} s is out of range {lo:g}-{hi:g} s")
+        return float(v)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
 
 NO_FILE = Reader()  # for values that come from no file: flags, Service annotations
 
@@ -194,7 +243,12 @@ def load_config(path: Path | None = None) -> Config:
 def config_from_dict(raw: Any, path: Path | None = None) -> Config:
     r = Reader(path)
     top = r.mapping(raw, "(top level)")
-    r.known(top, "", {"dns", "tcp", "zones", "admin", "server", "log", "federation"})
+    r.known(
+        top,
+        "",
+        {"dns", "tcp", "zones", "admin", "server", "log", "federation", "rate_limit", "cookies",
+         "limits"},
+    )
     base = path.parent if path is not None else Path.cwd()
 
     dns = r.mapping(top.get("dns"), "dns")
@@ -270,6 +324,10 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
     if level not in {"debug", "info", "warning", "error"}:
         raise r.fail("log.level", f"{level!r} is not one of debug, info, warning, error")
 
+    rate_limit = _rate_limit(r, top.get("rate_limit"))
+    cookies = _cookies(r, top.get("cookies"), base)
+    limits = _limits(r, top.get("limits"))
+
     return Config(
         path=path,
         listen=listen,
@@ -284,4 +342,31 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         version=version,
         log_level=level,
         federation=fed,
+        rate_limit=rate_limit,
+        cookies=cookies,
+        limits=limits,
+    )
+
+
+def _rate_limit(r: Reader, raw: Any) -> RateLimitConfig | None:
+    if raw is None:
+        return None
+    d = r.mapping(raw, "rate_limit")
+    r.known(d, "rate_limit", set(RateLimitConfig.__slots__))
+    return RateLimitConfig()  # TODO(rrl): read every key
+
+
+def _cookies(r: Reader, raw: Any, base: Path) -> CookieConfig | None:
+    if raw is None:
+        return None
+    d = r.mapping(raw, "cookies")
+    r.known(d, "cookies", set(CookieConfig.__slots__))
+    return CookieConfig()  # TODO(cookies): read every key
+
+
+def _limits(r: Reader, raw: Any) -> LimitsConfig:
+    d = r.mapping(raw, "limits")
+    r.known(d, "limits", set(LimitsConfig.__slots__))
+    return LimitsConfig(
+        max_records=r.integer(d.get("max_records", 1_000_000), "limits.max_records", 1, 100_000_000)
     )
