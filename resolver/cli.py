@@ -179,7 +179,12 @@ def _credential_warnings(fed: Any) -> list[str]:
             )
             continue
         try:
-            asyncio.run(KubernetesSource(c, fed.export).load_configuration())
+            # Bounded: exec and OIDC auth plugins may do network I/O or wait for a person.
+            asyncio.run(
+                asyncio.wait_for(KubernetesSource(c, fed.export).load_configuration(), 10)
+            )
+        except TimeoutError:
+            out.append(f"cluster {c.name}: loading {c.kubeconfig} took over 10 s (an auth plugin?)")
         except Exception as e:
             out.append(
                 f"cluster {c.name}: cannot load {c.kubeconfig}"

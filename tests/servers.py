@@ -209,7 +209,13 @@ def fedns_env(src: Path | None = None) -> dict[str, str]:
     """The environment for ``fedns_argv``: the resolver package of this checkout (or
     of the source tree ``src``, for before/after benchmarks), whatever is installed
     (an editable install may point at another clone)."""
-    return {**os.environ, "PYTHONPATH": str(src if src is not None else REPO)}
+    env = {**os.environ, "PYTHONPATH": str(src if src is not None else REPO)}
+    # On a CI runner inside a pod, in_cluster: true would reach that cluster's API
+    # server: tests talk to loopback only.
+    for k in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "HTTPS_PROXY", "HTTP_PROXY",
+              "https_proxy", "http_proxy"):
+        env.pop(k, None)
+    return env
 
 
 def start_fedns(

@@ -100,6 +100,14 @@ CONFIG_ERRORS = {
         FED + "  defaults: {failover: [eu]}\n",
         ["federation.defaults.failover[0]", "unknown cluster 'eu'"],
     ),
+    "failover names are case-insensitive like cluster names, but still checked": (
+        FED + "  policies: {shop/checkout: {policy: failover, failover: [EAST, West]}}\n",
+        ["federation.policies.shop/checkout.failover[1]", "unknown cluster 'west'"],
+    ),
+    "allow exports no namespace": (
+        FED + "  export: {namespaces: {allow: [shop], deny: [shop]}}\n",
+        ["federation.export.namespaces.allow", "nothing would be exported"],
+    ),
     "prefer names an undefined region": (
         FED + "  regions: [{name: us-east, lat: 39.0, lon: -77.5, prefer: [us-west]}]\n",
         ["federation.regions[0].prefer[0]", "us-west"],

@@ -188,6 +188,12 @@ class ExportConfig:
             return False
         return self.allow is None or namespace in self.allow
 
+    @property
+    def watched_namespaces(self) -> tuple[str, ...] | None:
+        """The namespaces a Kubernetes source lists and watches one by one (allow
+        minus deny, sorted); None: all namespaces in one list+watch."""
+        return None if self.allow is None else tuple(sorted(self.allow - self.deny))
+
 
 @dataclass(frozen=True, slots=True)
 class StaticService:
@@ -350,6 +356,12 @@ def _export(r: Reader, raw: Any, key: str) -> ExportConfig:
     if ns.get("allow") is not None:
         allow = frozenset(_str_list(r, ns["allow"], f"{key}.namespaces.allow"))
     deny = frozenset(_str_list(r, ns.get("deny", []), f"{key}.namespaces.deny"))
+    if allow is not None and not allow - deny:
+        raise r.fail(
+            f"{key}.namespaces.allow",
+            "allows no namespace (empty, or all of them denied): nothing would be exported; "
+            "name the namespaces to export, or drop allow to export all",
+        )
     return ExportConfig(mode, selector, allow, deny)
 
 

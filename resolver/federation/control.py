@@ -210,7 +210,8 @@ class Control:
             if st.synced and not st.stale:
                 continue
             if not st.synced:
-                effect = "not listed yet: its services and endpoints are not in answers"
+                lists = ", ".join(st.waiting_for) or "its resources"
+                effect = f"not listed yet ({lists}): what those hold is not in answers"
             elif st.stale_policy == "serve":
                 effect = f"no contact for over {st.stale_after:g} s: its endpoints kept, marked stale"
             else:

@@ -257,6 +257,7 @@ def policy_fields(
         items = [x.strip() for x in v.split(",")] if isinstance(v, str) else v
         if not isinstance(items, list | tuple) or not all(isinstance(x, str) and x for x in items):
             raise r.fail(f"{where}.failover", "expected a list of cluster names (or 'a,b')")
+        items = [x.lower() for x in items]  # cluster names are read lowercased
         for i, name in enumerate(items):
             _known_cluster(r, f"{where}.failover[{i}]", name, clusters)
             if name in items[:i]:
@@ -274,8 +275,8 @@ def policy_fields(
         ):
             raise r.fail(f"{where}.weights", "expected {cluster: whole number >= 0}")
         for k in v:
-            _known_cluster(r, f"{where}.weights.{k}", str(k), clusters)
-        out["weights"] = tuple((str(k), int(w)) for k, w in v.items())
+            _known_cluster(r, f"{where}.weights.{k}", str(k).lower(), clusters)
+        out["weights"] = tuple((str(k).lower(), int(w)) for k, w in v.items())
     for name, conv, lo, hi in (
         ("ttl", int, 0, 86400),
         ("max_answers", int, 1, 64),

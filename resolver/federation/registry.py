@@ -81,6 +81,8 @@ class ClusterStatus:
     endpoints: int
     last_error: str | None
     errors: int
+    # The lists not done yet: "services", or "services/pay" for a per-namespace watch.
+    waiting_for: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,10 +202,9 @@ class Registry:
                 kinds.append(SERVICEEXPORTS)
             # A Kubernetes source lists allowed namespaces one by one (see
             # sources/kubernetes.py): synced once each of them is listed.
+            watched = self.export.watched_namespaces
             scopes: list[str | None] = (
-                [*sorted(self.export.allow)]
-                if c.source == "kubernetes" and self.export.allow is not None
-                else [None]
+                [*watched] if c.source == "kubernetes" and watched is not None else [None]
             )
             st = _State(c, frozenset((k, ns) for k in kinds for ns in scopes))
             self._states.append(st)
@@ -277,6 +278,9 @@ class Registry:
                 endpoints=sum(len(s.endpoints) for s in st.objects[ENDPOINTSLICES].values()),
                 last_error=st.last_error,
                 errors=st.errors,
+                waiting_for=tuple(
+                    sorted(k if ns is None else f"{k}/{ns}" for k, ns in st.required - st.synced_kinds)
+                ),
             )
         return out
 

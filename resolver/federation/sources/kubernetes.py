@@ -387,7 +387,10 @@ class Reflector:
                 self.log.warning(
                     "resource not served (CRD not installed?); treating as empty", error=str(e)
                 )
-                self.sink.replace(self.kind, [])
+                if self.namespace is None:
+                    self.sink.replace(self.kind, [])
+                else:  # this namespace only: the others' lists stand
+                    self.sink.replace(self.kind, [], namespace=self.namespace)
                 self.sink.error(f"{self.kind}: {e}")
                 relist = True
                 await asyncio.sleep(self.t.missing_retry)
@@ -596,6 +599,14 @@ class KubernetesSource:
                 )
                 sink.error(f"credentials: {type(e).__name__}: {e}")
                 await asyncio.sleep(delay)
+        # Every watch holds one pooled connection for minutes: a pool smaller than
+        # the reflectors (aiohttp's default is 100) leaves the extra ones waiting,
+        # silently, for a watch to end. Per-namespace watches can exceed it.
+        watched = self.export.watched_namespaces
+        per_scope = 3 if self.export.mode == "serviceexport" else 2
+        cfg.connection_pool_maxsize = max(
+            cfg.connection_pool_maxsize or 0, per_scope * len(watched or (None,)) + 4
+        )
         async with client.ApiClient(configuration=cfg) as api:
             self.reflectors = self._reflectors(api, sink)
             self.log.info("watching", host=cfg.host, resources=list(self.reflectors))
@@ -618,9 +629,8 @@ class KubernetesSource:
         # With export.namespaces.allow, one list+watch per allowed namespace instead
         # of one across all: what namespaced Roles permit (least privilege, the
         # chart's rbac.namespaces), and less for the API server to send.
-        scopes: list[str | None] = (
-            [*sorted(self.export.allow)] if self.export.allow is not None else [None]
-        )
+        watched = self.export.watched_namespaces
+        scopes: list[str | None] = [*watched] if watched is not None else [None]
         out: dict[str, Reflector] = {}
         for ns in scopes:
             suffix = "" if ns is None else f"/{ns}"
