@@ -252,6 +252,45 @@ BAD_VALUES = [
 ]  # fmt: skip
 
 
+# Values the schema cannot judge alone: the templates refuse them, saying what to change.
+INCONSISTENT = [
+    (
+        {"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}},
+        "networkPolicy.adminNamespaces",
+    ),
+    (
+        {"rbac": {"namespaces": ["shop"]},
+         "federation": {"export": {"namespaces": {"allow": ["shop", "pay"]}}}},
+        "pay is not in rbac.namespaces",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("values", "needle"), INCONSISTENT, ids=[n for _, n in INCONSISTENT])
+def test_inconsistent_values_fail_the_render(values: dict[str, Any], needle: str) -> None:
+    with pytest.raises(helm.HelmError) as err:
+        helm.Chart.load(str(CHART)).render(values, name="fedns", namespace="dns")
+    assert needle in str(err.value), str(err.value)
+
+
+def test_the_chart_takes_global_values_as_a_subchart() -> None:
+    out = helm.Chart.load(str(CHART)).render({"global": {"imageRegistry": "x"}}, name="fedns")
+    assert any(k.endswith("deployment.yaml") for k in out)
+
+
+def test_cluster_scoped_rbac_is_named_per_namespace(releases: dict[str, Release]) -> None:
+    r = releases["defaults"]
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        assert r.one(kind)["metadata"]["name"].endswith(f"-{r.namespace}")
+    assert r.one("ClusterRoleBinding")["roleRef"]["name"] == r.one("ClusterRole")["metadata"]["name"]
+
+
+def test_an_ipv6_first_service_makes_fedns_listen_on_ipv6() -> None:
+    r = render({"service": {"ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack"}})
+    cfg = r.config()
+    assert cfg["dns"]["listen"].startswith("[::]:") and cfg["admin"]["listen"].startswith("[::]:")
+
+
 @pytest.mark.parametrize(("values", "key"), BAD_VALUES, ids=[k for _, k in BAD_VALUES])
 def test_schema_rejects_bad_values_naming_the_key(values: dict[str, Any], key: str) -> None:
     with pytest.raises(helm.HelmValuesError) as err:
@@ -568,7 +607,7 @@ def test_rendered_config_passes_fedns_check(
         assert f"{len(clusters)} clusters ({watched} watched" in run.stdout
     else:
         assert "federation" not in run.stdout and "federation" not in r.config()
-    # fedns check does not open kubeconfigs: the paths it would read are checked here.
+    # The kubeconfig paths the config names must be where the pod mounts the Secrets.
     raw = yaml.safe_load(cfg.read_text())
     for c in raw.get("federation", {}).get("clusters", []):
         if "kubeconfig" in c:

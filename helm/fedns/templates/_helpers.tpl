@@ -99,9 +99,12 @@ and the same relative layout works anywhere (the chart's test checks it so).
 {{- define "fedns.config" -}}
 {{- $v := .Values -}}
 {{- $dns := deepCopy ($v.dns | default dict) -}}
-{{- $_ := set $dns "listen" "0.0.0.0:5353" -}}
+{{- /* IPv6-first clusters reach the pod at its IPv6 address. */ -}}
+{{- $any := "0.0.0.0" -}}
+{{- if and $v.service.ipFamilies (eq (first $v.service.ipFamilies) "IPv6") -}}{{- $any = "[::]" -}}{{- end -}}
+{{- $_ := set $dns "listen" (printf "%s:5353" $any) -}}
 {{- $_ := set $dns "workers" $v.workers -}}
-{{- $cfg := dict "dns" $dns "admin" (dict "listen" (printf "0.0.0.0:%d" (int $v.admin.port))) -}}
+{{- $cfg := dict "dns" $dns "admin" (dict "listen" (printf "%s:%d" $any (int $v.admin.port))) -}}
 {{- if $v.tcp -}}{{- $_ := set $cfg "tcp" $v.tcp -}}{{- end -}}
 {{- if $v.server -}}{{- $_ := set $cfg "server" $v.server -}}{{- end -}}
 {{- $_ := set $cfg "log" (dict "level" $v.logLevel) -}}
@@ -124,6 +127,11 @@ and the same relative layout works anywhere (the chart's test checks it so).
 {{- if $v.rbac.namespaces -}}
 {{- $ns := deepCopy ($export.namespaces | default dict) -}}
 {{- if not $ns.allow -}}{{- $_ := set $ns "allow" $v.rbac.namespaces -}}{{- end -}}
+{{- range $n := $ns.allow -}}
+{{- if and (not (has $n ($ns.deny | default list))) (not (has $n $v.rbac.namespaces)) -}}
+{{- fail (printf "federation.export.namespaces.allow: %s is not in rbac.namespaces, whose Roles would not let fedns watch it; add it there" $n) -}}
+{{- end -}}
+{{- end -}}
 {{- $_ := set $export "namespaces" $ns -}}
 {{- end -}}
 {{- $fed := dict "zone" $f.zone "clusters" $clusters "export" $export -}}
