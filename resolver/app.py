@@ -20,7 +20,7 @@ import structlog
 
 from .config import Config, ConfigError, load_config
 from .dns.answers import Table
-from .dns.zone import Zone, key_of, load_zone_file
+from .dns.zone import COMPACT_ABOVE, Zone, key_of, load_zone_file
 from .federation.config import FederationConfig, Routing, parse_federation
 from .federation.control import Control
 from .federation.explain import explain
@@ -65,13 +65,19 @@ class Instance:
 def load_instance(cfg: Config) -> Instance:
     """Load zones, federation and routing; any error raises before anything is served."""
     fed = parse_federation(cfg)
-    zones: list[Zone] = [load_zone_file(z.file, z.origin) for z in cfg.zones]
+    zones: list[Zone] = [
+        load_zone_file(z.file, z.origin, cfg.limits.max_records, COMPACT_ABOVE) for z in cfg.zones
+    ]
     if fed is not None and not any(z.origin == fed.zone for z in cfg.zones):
         raise ConfigError(
             f"{cfg.path}: federation.zone: {fed.zone} is not one of the configured zones; "
             "add it under zones: with its SOA/NS zone file"
         )
     table = Table(zones, cfg.max_udp_payload, cfg.identity, cfg.version)
+    # A big zone's plain names are compact (Zone.lazy), their answers compiled when
+    # first asked for; the table learns which they are when it publishes, so it
+    # publishes no change now.
+    table.publish({}, {})
     publisher = Publisher(table, fed.routing.locator) if fed is not None else None
     return Instance(cfg, table, fed, publisher)
 
@@ -197,25 +203,51 @@ class Supervisor:
 
     async def reload(self) -> None:
         """Safe reload: the new config, zones and federation are loaded whole
-        off to the side; on any error the running state stays and is logged."""
+        off to the side; on any error the running state stays and is logged.
+
+        Make before break: with other clusters, the new watches list (up to
+        ``dns.startup_wait``) while the old instance keeps serving; only then
+        does the new table serve. Across the swap the serving side holds the
+        federated names (answers them once the plans are in), so no query ever
+        sees the new table without them: an NXDOMAIN there would be cached by
+        resolvers for the SOA minimum."""
         try:
             _, new_inst = reload_instance(self.cfg)
         except Exception as e:
             log.error("reload_failed", error=str(e), hint="fix the file and send SIGHUP again")
             return
-        old_fed = self.inst.fed
+        old_fed, old_control = self.inst.fed, self.control
+        if old_control is not None and new_inst.fed is not None and old_fed == new_inst.fed:
+            # Same clusters: keep the watches, republish what they know into the new table.
+            self._swap(new_inst)
+            old_control.set_routing(new_inst.fed.routing)
+            old_control.republish()
+            self._on_synced()
+        else:
+            control = None
+            if new_inst.fed is not None:
+                # Publishes nothing until released (Control.holding), so nothing
+                # reaches the old table from the new watches.
+                control = Control(new_inst.fed, lambda u: self._publish(new_inst, u))
+                await control.start()
+                wait = new_inst.cfg.startup_wait
+                if wait > 0:
+                    await control.registry.wait_synced(wait)
+            if self._sync_task is not None:
+                self._sync_task.cancel()  # a startup sync still pending belongs to the old control
+            self._swap(new_inst)
+            self.control = control
+            if control is not None:
+                control.release()
+            self._on_synced()
+            self.first_sync_over = True
+            if old_control is not None:
+                await old_control.stop()
+        log.info("reloaded", zones=[z.origin for z in new_inst.cfg.zones])
+
+    def _swap(self, new_inst: Instance) -> None:
         self.inst = new_inst
         self._on_reload(new_inst)
-        if self.control is not None and new_inst.fed is not None and old_fed == new_inst.fed:
-            # Same clusters: keep the watches, republish what they know into the new table.
-            self.control.set_routing(new_inst.fed.routing)
-            self.control.republish()
-        else:
-            if self.control is not None:
-                await self.control.stop()
-                self.control = None
-            await self._start_control()
-        log.info("reloaded", zones=[z.origin for z in new_inst.cfg.zones])
 
     async def stop(self) -> None:
         if self._sync_task is not None:
@@ -252,7 +284,7 @@ async def _serve_single(
         rt.update(lambda _table: target.apply(update))  # the table the UDP thread may be reading
 
     def on_reload(new: Instance) -> None:
-        rt.set_table(new.table, new.cfg)
+        rt.set_table(new.table, new.cfg, hold=new.waiting())  # released by rt.mark_synced
 
     sup = Supervisor(
         inst, publish, on_reload, lambda: rt.stats.as_dict() | {"workers": 1}, rt.mark_synced

@@ -179,3 +179,32 @@ def test_without_a_federation_ready_means_zones_loaded(tmp_path: Path) -> None:
         assert a_records(sp.port, f"static.{ORIGIN}") == {"127.0.0.80"}
     finally:
         sp.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_reload_that_changes_the_federation_never_answers_nxdomain(
+    tmp_path: Path, workers: int
+) -> None:
+    """Make before break: the new watches sync before the new table serves, so a
+    federated name answers (or is held) all through a reload, never NXDOMAIN,
+    which resolvers would cache for the SOA minimum."""
+    with federation(tmp_path, 3.0, workers, west_down=True) as (_fakes, sp, admin, cfg):
+        until(lambda: get(admin, "/readyz")[0] == 200, 15, lambda: sp.output()[-3000:])
+        name = f"cart.shop.{ORIGIN}"
+        assert a_records(sp.port, name) == {ADDRESS["east"]}
+        doc = yaml.safe_load(cfg.read_text())
+        for c in doc["federation"]["clusters"]:
+            c["stale_after"] = 2  # a change of the clusters: new watches, west still down
+        cfg.write_text(yaml.safe_dump(doc))
+        reloads = sp.output().count("reloaded")
+        sp.signal(signal.SIGHUP)
+        rcodes: dict[str, int] = {}
+        end = time.monotonic() + 12
+        while sp.output().count("reloaded") == reloads or time.monotonic() < end - 6:
+            assert time.monotonic() < end, sp.output()[-3000:]
+            r = ask(sp.port, name)
+            rcodes[dns.rcode.to_text(r.rcode())] = rcodes.get(dns.rcode.to_text(r.rcode()), 0) + 1
+            if r.rcode() == dns.rcode.NOERROR:
+                assert a_records(sp.port, name) <= set(ADDRESS.values())
+        assert set(rcodes) == {"NOERROR"}, rcodes
+        assert a_records(sp.port, name) == {ADDRESS["east"]}

@@ -15,8 +15,10 @@ from typing import Any
 
 import structlog
 
-from ..config import Config
-from ..dns.answers import Table
+from ..config import Config, RateLimitConfig
+from ..dns.answers import Counts, Table
+from ..dns.cookies import INSTANCE_SECRET, Cookies
+from ..dns.rrl import Limiter, Settings, describe_kind
 from ..dns.wire import SERVFAIL, header_only
 
 log = structlog.get_logger("fedns.serve")
@@ -38,9 +40,13 @@ class Stats:
     tcp_refused: int = 0
     udp_send_errors: int = 0
     rcodes: list[int] = field(default_factory=lambda: [0] * 16)
+    # Cookies and rate limiting (``cookie_*``, ``rrl_*``), counted by the table.
+    guard: Counts = field(default_factory=Counts)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.update(d.pop("guard"))
+        return d
 
 
 def sum_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -54,6 +60,20 @@ def sum_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 out[k] = out.get(k, 0) + v
     out["workers"] = len(parts)
     return out
+
+
+def _settings(rl: RateLimitConfig | None) -> Settings | None:
+    if rl is None:
+        return None
+    return Settings(
+        rl.responses_per_second,
+        rl.slip,
+        rl.ipv4_prefix,
+        rl.ipv6_prefix,
+        rl.window,
+        rl.table_size,
+        rl.log_only,
+    )
 
 
 class FirstSync:
@@ -100,6 +120,54 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
         if not self.sync.done:
             self._keep(asyncio.get_running_loop().create_task(self._release_when_synced()))
+        # The rate limiter outlives tables (a reload keeps what it has counted),
+        # unless the reload changes its settings.
+        self.limiter: Limiter | None = None
+        self._reporting: asyncio.Task[None] | None = None
+        self.serve = table.respond  # what the transports call per query
+        self._guard(table, cfg)
+        if cfg.cookies is not None and cfg.cookies.secret_file is None:
+            log.warning(
+                "cookie_secret_per_instance",
+                hint="cookies.secret_file unset: a random secret, so replicas behind one "
+                "address reject each other's server cookies (clients then get fresh ones)",
+            )
+
+    def _guard(self, table: Table, cfg: Config) -> None:
+        """Give ``table`` the cookie secrets and the limiter ``cfg`` asks for; set ``serve``."""
+        c = cfg.cookies
+        cookies = None
+        if c is not None:
+            cookies = Cookies(c.secrets or (INSTANCE_SECRET,), c.rotated + c.grace)
+        settings = _settings(cfg.rate_limit)
+        if settings is None:
+            self.limiter = None
+        elif self.limiter is None or self.limiter.settings != settings:
+            self.limiter = Limiter(settings)
+            if self._reporting is None:
+                task = asyncio.get_running_loop().create_task(self._report())
+                self._reporting = self._keep(task)
+        table.guard(cookies, self.limiter, self.stats.guard)
+        self.serve = table.respond_limited if self.limiter is not None else table.respond
+
+    async def _report(self) -> None:
+        """Log each (network, kind of reply) the limiter starts limiting, once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            limiter = self.limiter
+            if limiter is None:
+                continue
+            events, lost = limiter.drain()
+            log_only = limiter.settings.log_only
+            for net, kind in events:
+                log.warning(
+                    "rrl_would_limit" if log_only else "rrl_limiting",
+                    network=limiter.describe(net),
+                    responses=describe_kind(kind),
+                    rate=limiter.settings.responses_per_second,
+                )
+            if lost:
+                log.warning("rrl_limiting_more", buckets=lost, hint="not logged one by one")
 
     def _keep(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         self._tasks.add(task)
@@ -119,14 +187,17 @@ class Runtime:
         with self.lock:
             change(self.table)
 
-    def set_table(self, table: Table, cfg: Config) -> None:
-        table.waiting = self.sync.holding()
+    def set_table(self, table: Table, cfg: Config, hold: tuple[bytes, ...] = ()) -> None:
+        """Serve ``table`` from now on; ``hold``: zones whose missing names it holds
+        until ``mark_synced`` (a reload's swap, before its plans are published)."""
+        table.waiting = hold or self.sync.holding()
+        self._guard(table, cfg)
         self.table, self.cfg = table, cfg
 
     def answer(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
         """The reply, None to stay silent, or WAIT (b"") to ask again after the first sync."""
         try:
-            resp = self.table.respond(data, tcp, addr)
+            resp = self.serve(data, tcp, addr)
         except Exception:  # never let one packet take the loop down
             resp = self.failed(data)
         if resp:

@@ -41,6 +41,9 @@ class Served(Protocol):
     def apply(self, update: Any) -> None:
         """Apply one published change to ``table`` (under the runtime's lock)."""
 
+    def waiting(self) -> tuple[bytes, ...]:
+        """The zones whose names not published yet are held (answered once synced)."""
+
 
 # Load the config again from its file: the new config and what it serves.
 Load = Callable[[Config], tuple[Config, Served]]
@@ -120,7 +123,8 @@ async def _worker(
         elif isinstance(msg, Reload):
             try:
                 new_cfg, current = load(rt.cfg)
-                rt.set_table(current.table, new_cfg)
+                # Held until the control process sends Synced after publishing into it.
+                rt.set_table(current.table, new_cfg, hold=current.waiting())
             except Exception as e:  # the parent validated it; keep serving what we have
                 log.error("worker_reload_failed", error=str(e))
 
