@@ -112,6 +112,7 @@ class Supervisor:
         # Set once and kept: a reload that re-lists clusters must not flip every
         # replica out of its Service at the same moment.
         self.first_sync_over = False
+        self._reloading = asyncio.Lock()
         self.control: Control | None = None
         self.admin_runner: Any = None
 
@@ -211,6 +212,10 @@ class Supervisor:
         federated names (answers them once the plans are in), so no query ever
         sees the new table without them: an NXDOMAIN there would be cached by
         resolvers for the SOA minimum."""
+        async with self._reloading:  # one at a time: a second SIGHUP waits for the first
+            await self._reload()
+
+    async def _reload(self) -> None:
         try:
             _, new_inst = reload_instance(self.cfg)
         except Exception as e:
