@@ -36,12 +36,14 @@ Every transport (the mmsg thread, uvloop UDP, TCP) makes the one call
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dnslib import DNSLabel
 
+from .cookies import CLIENT_ONLY, VALID, Cookies, well_formed
 from .ecs import ClientSubnet, parse_ecs, reply_option
 from .entries import (
     Entry,
@@ -55,7 +57,9 @@ from .entries import (
     nodata_template,
     nx_template,
 )
+from .rrl import DROP, ERRORS, LOG, Limiter
 from .wire import (
+    BADCOOKIE,
     BADVERS,
     C_ANY,
     C_CH,
@@ -67,6 +71,8 @@ from .wire import (
     MIN_UDP_PAYLOAD,
     NOERROR,
     NOTIMP,
+    NXDOMAIN,
+    OPT_COOKIE,
     OPT_ECS,
     QR,
     REFUSED,
@@ -74,11 +80,14 @@ from .wire import (
     T_IXFR,
     T_OPT,
     T_TXT,
+    TC,
     FormErr,
+    Query,
     error_reply,
     header_only,
     opt_record,
     parse_query,
+    tsig_error,
 )
 from .zone import WILDCARD, Lazy, Resolution, RRset, Zone, key_of
 
@@ -131,6 +140,26 @@ class _Below(NamedTuple):
     bodies: dict[int, bytes]  # per length of the new first label: all after the question
 
 
+# A reply's COOKIE option: code, length, client cookie (8), server cookie (16).
+_COOKIE_ROOM = 28
+
+
+@dataclass(slots=True)
+class Counts:
+    """What the cookie check and the rate limiter did, for ``/metrics``: plain ints
+    bumped on the query path (the serving side's ``Stats`` holds one and exports it)."""
+
+    cookie_client_only: int = 0  # queries with a client cookie alone: a fresh server cookie
+    cookie_valid: int = 0  # with a valid server cookie
+    cookie_invalid: int = 0  # with a server cookie not valid (now): treated as client-only
+    cookie_malformed: int = 0  # COOKIE option of a wrong length: FORMERR
+    rrl_slipped: int = 0  # replies over the rate sent truncated (TC=1, no records)
+    rrl_badcookie: int = 0  # ... sent as BADCOOKIE instead, to clients that sent a cookie
+    rrl_dropped: int = 0  # ... not sent
+    rrl_logged: int = 0  # ... sent anyway (log_only)
+    rrl_exempt: int = 0  # ... sent anyway: the query had a valid server cookie
+
+
 # Names in the tables' keys' (wire) form, 255 octets at most (RFC 1035 3.1): a
 # query's name ends at byte ``12 + MAX_NAME - 1`` or earlier.
 _LAST_NAME_BYTE = 12 + MAX_NAME - 1
@@ -139,6 +168,7 @@ _LAST_NAME_BYTE = 12 + MAX_NAME - 1
 # A name's records as published: compact, or every RRset by type.
 Records = Lazy | dict[int, RRset]
 
+_monotonic = time.monotonic  # a global: one lookup fewer per query than time.monotonic
 WAIT = b""  # respond() result: ask again once the federation has synced (never sent)
 
 
@@ -187,6 +217,23 @@ class Table:
         # since the last clear (replaced routers' too: they count until then).
         self._memoized: list[Router] = []
         self._memo_entries = 0
+        # DNS cookies and the rate limiter, off until the serving side sets them (``guard``).
+        self.cookies: Cookies | None = None
+        self.limiter: Limiter | None = None
+        self.counts = Counts()
+        # What kind of reply the limiter counts, by the query's bytes after its ID
+        # (``_kind``), and with it the reply when ``replies`` has it (emptied with
+        # ``replies``, so never a reply it does not hold); bounded.
+        self._kinds: dict[bytes, Any] = {}
+        self._limited: dict[bytes, tuple[Any, bytes]] = {}
+
+    def guard(self, cookies: Cookies | None, limiter: Limiter | None, counts: Counts) -> None:
+        """Answer DNS cookies with ``cookies``, count into ``counts``; ``limiter`` is
+        what ``respond_limited`` asks (the transports call that one when it is set)."""
+        self.cookies, self.limiter, self.counts = cookies, limiter, counts
+        if limiter is not None:
+            self._limiter = limiter  # typed as set: read by respond_limited only
+        self._edns_memo.clear()  # what an OPT record asks depends on whether cookies are on
 
     # -- federation -----------------------------------------------------------
 
@@ -203,6 +250,8 @@ class Table:
         """
         self.replies.clear()
         self.below.clear()
+        self._kinds.clear()
+        self._limited.clear()
         self._below_bodies = 0
         by_zone: dict[bytes, dict[bytes, Records | None]] = {}
         for okey, (gone, records) in zones.items():
@@ -228,6 +277,7 @@ class Table:
                 if changed or k in changes or k in routers:
                     changes[k] = types
         rebuilt = 0
+        replaced: set[int] = set()  # routers no node will hold: their memos go
         for okey, changes in by_zone.items():
             zone = self.zones[okey]
             affected = zone.update(changes)
@@ -241,8 +291,12 @@ class Table:
             lazy = zone.lazy
             for k in affected:
                 router = routers.get(k)
+                prev = nodes.get(k)
+                if prev is not None and prev.router is not None and prev.router is not router:
+                    replaced.add(id(prev.router))
                 if router is None and k not in changes and k in nodes:
                     router = nodes[k].router  # rebuilt as an ancestor: same service
+                    replaced.discard(id(router))
                 if k in lazy and router is None and WILDCARD + k not in zone.data:
                     # Built when asked for (``_lazy_node``). With a wildcard child it
                     # is built now: the fast path's walk up from a name below it
@@ -256,6 +310,7 @@ class Table:
                 else:
                     nodes.pop(k, None)
                 rebuilt += 1
+        self._forget_memos(replaced)
         self._lazy_zones = tuple((z, *self._templates(z)) for z in self.zones.values() if z.lazy)
         self.lazy_names = tuple(z.lazy for z, _, _ in self._lazy_zones)
         return rebuilt
@@ -267,6 +322,17 @@ class Table:
         if t is None:
             t = self._zone_templates[zone.okey] = (nx_template(zone), nodata_template(zone))
         return t
+
+    def _forget_memos(self, replaced: set[int]) -> None:
+        """Drop the memos of routers no node holds any more: kept, every change of a
+        service would leave its old router's memo alive until the global bound
+        (about 2.8 KB each; hundreds of MB under steady churn)."""
+        if not replaced or not self._memoized:
+            return
+        kept = [r for r in self._memoized if id(r) not in replaced]
+        if len(kept) != len(self._memoized):
+            self._memoized = kept
+            self._memo_entries = sum(len(r.memo) for r in kept)
 
     def _clear_route_memos(self) -> None:
         memoized, self._memoized = self._memoized, []
@@ -482,10 +548,155 @@ class Table:
             replies = self.replies
             if len(replies) >= _REPLIES_MAX:
                 replies.clear()
+                self._limited.clear()  # holds replies of ``replies`` only
             replies[data[2:]] = reply[2:]
         elif below:
             self._remember_below(data, reply, qend)
         return reply
+
+    def respond_limited(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
+        """``respond``, then response rate limiting (``rrl.Limiter``) on UDP.
+
+        The transports call this one instead when ``rate_limit`` is configured,
+        so that with it off not one instruction is added to ``respond``. TCP is
+        exempt (a spoofed source cannot complete a handshake), and so is a query
+        with a valid server cookie (``_over_limit``: checked only when over).
+        """
+        if tcp or addr is None:
+            return self.respond(data, tcp, addr)
+        key = data[2:]
+        # A reply ``respond`` remembers in ``replies``, with its kind: the same one
+        # lookup ``respond`` would make for it, and no call of ``respond``.
+        hit = self._limited.get(key)
+        if hit is not None:
+            kind, tail = hit
+            reply = data[:2] + tail
+        else:
+            got = self.respond(data, tcp, addr)
+            if not got:
+                return got  # silence, or WAIT
+            reply = got
+            kind = self._kind(key, data, reply)
+        limiter = self._limiter
+        net = limiter.nets.get(addr[0])
+        if net is None:
+            net = limiter.network(addr[0])
+        verdict = limiter.check(net, kind, _monotonic())
+        if not verdict:  # ALLOW
+            return reply
+        return self._over_limit(data, reply, addr, verdict)
+
+    def _kind(self, key: bytes, data: bytes, reply: bytes) -> Any:
+        """What ``reply`` answers, as the rate limiter counts it: the name and type
+        of an existing name (NODATA as type 0, whatever type was asked); the zone
+        for NXDOMAIN and for answers made up below a name (wildcards, referrals),
+        so a flood of random names shares one budget; one kind for all errors.
+        Remembered by the query's bytes after its ID (``key``), with the reply if
+        ``respond`` remembered it."""
+        kind = self._kinds.get(key)
+        if kind is None:
+            rcode = reply[3] & 0x0F
+            kind = ERRORS
+            if rcode in (NOERROR, NXDOMAIN):
+                z = data.find(0, 12)  # such a reply proves the question's name well formed
+                lname = data[12 : z + 1].lower()
+                if rcode == NOERROR and lname in self.nodes:
+                    qtype = (data[z + 1] << 8) | data[z + 2] if reply[6] or reply[7] else 0
+                    kind = (lname, qtype)
+                else:
+                    kind = next((k for k in self.zones if lname.endswith(k)), b"")
+            if len(self._kinds) >= _REPLIES_MAX:
+                self._kinds.clear()
+            self._kinds[key] = kind
+        tail = self.replies.get(key)
+        if tail is not None:
+            if len(self._limited) >= _REPLIES_MAX:
+                self._limited.clear()
+            self._limited[key] = (kind, tail)
+        return kind
+
+    def _over_limit(
+        self, data: bytes, reply: bytes, addr: tuple[Any, ...], verdict: int
+    ) -> bytes | None:
+        """What goes out instead of ``reply``, which is over the rate (``verdict``)."""
+        counts = self.counts
+        fast = self._as_fast_path(data)
+        if fast is not None:
+            # A query as the fast path reads it (no COOKIE option to look at): a
+            # flood's common case, answered without reading the query again.
+            if verdict == DROP:
+                counts.rrl_dropped += 1
+                return None
+            if verdict == LOG:
+                counts.rrl_logged += 1
+                return reply
+            counts.rrl_slipped += 1
+            qend, opt = fast
+            return self._truncated(reply, data[12:qend], opt)
+        # Any other: its question and OPT record, and a COOKIE option if there is one.
+        cookies = self.cookies
+        q: Query | None = None
+        cookie = None
+        try:
+            q = parse_query(data)
+        except (FormErr, IndexError, ValueError):
+            q = None
+        if q is not None and q.edns is not None and cookies is not None:
+            cookie = q.edns.cookie
+        ip = b""
+        if cookie is not None and cookies is not None and well_formed(cookie):
+            ip = cookies.packed(addr[0])
+            if cookies.check(cookie, ip, time.time()) == VALID:
+                counts.rrl_exempt += 1
+                return reply
+        else:
+            cookie = None
+        if verdict == LOG:
+            counts.rrl_logged += 1
+            return reply
+        if verdict == DROP:
+            counts.rrl_dropped += 1
+            return None
+        if cookie is not None and q is not None and cookies is not None:
+            # RFC 7873 5.2.3, as BIND: a client that sends cookies gets BADCOOKIE with
+            # a fresh server cookie, and retries with it over UDP rather than TCP.
+            counts.rrl_badcookie += 1
+            _, ours = cookies.answer(cookie, ip, time.time())
+            return error_reply(q, BADCOOKIE, self.max_udp, options=ours)
+        counts.rrl_slipped += 1
+        if q is None:
+            return self._truncated(reply, b"", b"")
+        opt = b"" if q.edns is None else self.opt_do if q.edns.do else self.opt
+        return self._truncated(reply, q.question, opt)
+
+    def _as_fast_path(self, data: bytes) -> tuple[int, bytes] | None:
+        """(where the question ends, the OPT record for a reply) when the fast path
+        reads this query: one question, no other record but an OPT record it
+        remembered (``_edns``, which leaves any with a COOKIE to ``general`` while
+        cookies are answered) or none; else None."""
+        if data[2] & 0xF8 or data[4:11] != b"\x00\x01\x00\x00\x00\x00\x00":
+            return None
+        qend = data.find(0, 12) + 5
+        if not data[11]:
+            return (qend, b"") if qend == len(data) else None
+        edns = self._edns_memo.get(data[qend:])
+        if edns is None:
+            return None
+        return qend, self.opt_do if edns[1] else self.opt
+
+    @staticmethod
+    def _truncated(reply: bytes, question: bytes, opt: bytes) -> bytes:
+        """A slipped reply: ``reply``'s header with TC set, the question (if it had
+        one), the OPT record, no records."""
+        qd = 1 if question and reply[5] else 0
+        return b"".join(
+            (
+                reply[:2],
+                bytes((reply[2] | TC, reply[3], 0, qd, 0, 0, 0, 0, 0, 1 if opt else 0)),
+                question if qd else b"",
+                opt,
+            )
+        )
 
     def _is_compact(self, name: bytes) -> bool:
         """Whether ``name`` is a compact name (``Zone.lazy``). A method, not a
@@ -526,6 +737,8 @@ class Table:
                 if raw is not None:
                     return None  # a second ECS option: FORMERR, by the general path
                 raw = rr[o + 4 : o + 4 + olen]
+            elif rr[o] == 0 and rr[o + 1] == OPT_COOKIE and self.cookies is not None:
+                return None  # answered by the general path (``_with_cookie``)
             o += 4 + olen
         if o != n:
             return None  # the last option runs past the OPT record
@@ -561,21 +774,99 @@ class Table:
             sub.opts[scope] = pair
         return pair
 
+    def _with_cookie(self, data: bytes, tcp: bool, addr: Any, q: Query) -> bytes | None:
+        """The reply to a query with a COOKIE option (RFC 7873 5.2): the reply to the
+        same query without the option, found as any other's (so the reply caches
+        never hold a cookie, least of all someone else's), with this client's
+        COOKIE option added to its OPT record."""
+        edns, cookies = q.edns, self.cookies
+        assert edns is not None and edns.cookie is not None and cookies is not None
+        option = edns.cookie
+        if not well_formed(option):
+            self.counts.cookie_malformed += 1
+            return error_reply(q, FORMERR, self.max_udp)  # RFC 7873 5.2.2
+        at, rl = edns.cookie_at, edns.rdlen_at  # the option, and the OPT record's RDLEN
+        payload = edns.payload
+        limit = 65535 if tcp else max(MIN_UDP_PAYLOAD, min(payload, self.max_udp))
+        if not tcp:
+            payload = max(limit - _COOKIE_ROOM, 0)  # room for our option in the reply
+        rdlen = ((data[rl] << 8) | data[rl + 1]) - 4 - len(option)
+        stripped = b"".join(
+            (
+                data[: rl - 6],  # up to the OPT record's CLASS: the UDP payload size
+                payload.to_bytes(2, "big"),
+                data[rl - 4 : rl],
+                rdlen.to_bytes(2, "big"),
+                data[rl + 2 : at],
+                data[at + 4 + len(option) :],
+            )
+        )
+        reply = self.respond(stripped, tcp, addr)
+        if not reply:
+            return reply  # silence, or WAIT (the whole query is asked again once synced)
+        ip = cookies.packed(addr[0]) if isinstance(addr, tuple) else b""
+        status, ours = cookies.answer(option, ip, time.time())
+        if status == CLIENT_ONLY:
+            self.counts.cookie_client_only += 1
+        elif status == VALID:
+            self.counts.cookie_valid += 1
+        else:
+            self.counts.cookie_invalid += 1
+        # Our OPT record ends the reply, with no option or the ECS echo (as long as the query's).
+        n = len(reply)
+        for k in (0,) if edns.ecs is None else (0, 4 + len(edns.ecs)):
+            o = n - 11 - k
+            if (
+                o >= 12
+                and reply[o : o + 3] == b"\x00\x00\x29"
+                and reply[o + 9 : o + 11] == k.to_bytes(2, "big")
+            ):
+                break
+        else:
+            return reply  # no OPT record (a header-only error): nowhere for a cookie
+        opt = b"".join(
+            (reply[o : o + 9], (k + len(ours)).to_bytes(2, "big"), reply[o + 11 :], ours)
+        )
+        if n + len(ours) <= limit:
+            return reply[:o] + opt
+        # Too big with the cookie for a client that allows less than 540 bytes: truncated.
+        qd = 1 if reply[5] else 0
+        return b"".join(
+            (
+                reply[:2],
+                bytes((reply[2] | TC, reply[3], 0, qd, 0, 0, 0, 0, 0, 1)),
+                q.question if qd else b"",
+                opt,
+            )
+        )
+
     def general(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
         """The reply to any query packet (``respond`` without its fast path), or None."""
         if len(data) < 12 or data[2] & QR:
             return None
+        if data[2] & 0x78:
+            # An opcode other than QUERY, before anything else is read: its sections
+            # need not be a question. NOTIMP with no sections echoed, as NSD.
+            return header_only(data, NOTIMP)
         try:
             q = parse_query(data)
-        except FormErr:
+        except FormErr as err:
+            if err.query is not None:  # a fault in the OPT record's options
+                return error_reply(err.query, FORMERR, self.max_udp)
             return header_only(data, FORMERR)
         except (IndexError, ValueError):
             return header_only(data, FORMERR)
+        if q.tsig is not None:
+            return tsig_error(q, self.max_udp)  # fedns holds no keys: every key is unknown
         edns = q.edns
         subnet: ClientSubnet | None = None
         if edns is not None:
             if edns.version != 0:
                 return error_reply(q, BADVERS, self.max_udp)  # RFC 6891 6.1.3
+            if edns.repeated_cookie and self.cookies is not None:
+                return error_reply(q, FORMERR, self.max_udp)  # which one is meant?
+            if edns.cookie is not None and self.cookies is not None:
+                return self._with_cookie(data, tcp, addr, q)
             limit = 65535 if tcp else max(MIN_UDP_PAYLOAD, min(edns.payload, self.max_udp))
             opt = self.opt_do if edns.do else self.opt
             if edns.ecs is not None:
@@ -586,9 +877,6 @@ class Table:
         else:
             limit = 65535 if tcp else MIN_UDP_PAYLOAD
             opt = b""
-        if q.opcode != 0:
-            # Sections of an unknown opcode need not be a question: echo none (as NSD).
-            return error_reply(q, NOTIMP, self.max_udp, with_question=False)
         qtype = q.qtype
         scope = 0
         if q.qclass == C_IN:

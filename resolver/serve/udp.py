@@ -274,7 +274,7 @@ class MmsgServer:
             keys = names_q[: n * qstep : qstep].tolist() if v4 else None
             j = 0
             with lock:
-                respond = rt.table.respond  # the table is swapped whole on reload
+                respond = rt.serve  # the table's respond: swapped whole on reload
                 for i in range(n):
                     off = i * SLOT
                     data = mv[off : off + lens[i]].tobytes()
