@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,30 @@ def reload_instance(cfg: Config) -> tuple[Config, Instance]:
     """The config read again from its file (the same one without a file), loaded."""
     new_cfg = load_config(cfg.path) if cfg.path else cfg
     return new_cfg, load_instance(new_cfg)
+
+
+# The interpreter's switch interval while a reload loads beside serving threads.
+RELOAD_SWITCH_INTERVAL = 0.0002
+
+
+def reload_aside(cfg: Config) -> tuple[Config, Instance]:
+    """``reload_instance``, for a thread beside the serving ones.
+
+    A load is Python through and through, and the serving threads need the
+    interpreter (the GIL) for every batch (mmsg UDP) or datagram (uvloop) they
+    answer. A thread that waits for it gets it after the switch interval (5 ms
+    by default) and gives it up at its next system call, so during a long load
+    UDP got a batch per 5 ms: with a 400,000-record zone at 2,000 queries a
+    second, 78 % (mmsg) and 21 % (uvloop) answered within 0.5 s while it loaded
+    on the loop. Handed over every 0.2 ms, both answer all of them
+    (tests/test_input_limits.py), and the load takes no measurably longer.
+    """
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, RELOAD_SWITCH_INTERVAL))
+    try:
+        return reload_instance(cfg)
+    finally:
+        sys.setswitchinterval(before)
 
 
 class Supervisor:
@@ -217,7 +242,10 @@ class Supervisor:
 
     async def _reload(self) -> None:
         try:
-            _, new_inst = reload_instance(self.cfg)
+            # In a thread: this loop (TCP, uvloop UDP, the admin API, the watches) keeps
+            # running while a big zone loads.
+            loop = asyncio.get_running_loop()
+            _, new_inst = await loop.run_in_executor(None, reload_aside, self.cfg)
         except Exception as e:
             log.error("reload_failed", error=str(e), hint="fix the file and send SIGHUP again")
             return
@@ -334,6 +362,10 @@ def serve(
     cfg: Config, host: str, port: int, workers: int, admin: tuple[str, int] | None = None
 ) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
+    # Until the loop handles it: a SIGHUP while a big zone loads at startup must not
+    # kill fedns (the default action). One sent then is lost; fedns reads the files
+    # it is starting with, and the next SIGHUP reloads.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     inst = load_instance(cfg)
     try:
         udp_mode = resolve_mode(cfg.udp)
@@ -356,7 +388,7 @@ def serve(
     # SO_REUSEPORT group unread and swallows its share of the queries.
     probe_u.close()
     probe_t.close()
-    pool = WorkerPool(cfg, host, port, reload_instance)
+    pool = WorkerPool(cfg, host, port, reload_aside)
     for _ in range(workers):
         pool.spawn(inst, inst.waiting())
     log.info("serving", dns=f"{host}:{port}", zones=zones, workers=workers, udp=udp_mode)

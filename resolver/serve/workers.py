@@ -107,6 +107,7 @@ async def _worker(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     current = served
+    reloading: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     def on_message() -> None:
         nonlocal current
@@ -121,12 +122,24 @@ async def _worker(
         elif isinstance(msg, Synced):
             rt.mark_synced()
         elif isinstance(msg, Reload):
-            try:
-                new_cfg, current = load(rt.cfg)
-                # Held until the control process sends Synced after publishing into it.
-                rt.set_table(current.table, new_cfg, hold=current.waiting())
-            except Exception as e:  # the parent validated it; keep serving what we have
-                log.error("worker_reload_failed", error=str(e))
+            # Loaded in a thread, so this loop keeps serving; the messages after it
+            # (what is published into the new table) wait in the pipe till then.
+            loop.remove_reader(conn.fileno())
+            reloading.add(loop.create_task(reload()))
+
+    async def reload() -> None:
+        nonlocal current
+        try:
+            new_cfg, new = await loop.run_in_executor(None, load, rt.cfg)
+            current = new
+            # Held until the control process sends Synced after publishing into it.
+            rt.set_table(new.table, new_cfg, hold=new.waiting())
+        except Exception as e:  # the parent validated it; keep serving what we have
+            log.error("worker_reload_failed", error=str(e))
+        finally:
+            reloading.clear()
+            loop.add_reader(conn.fileno(), on_message)
+            os.set_blocking(conn.fileno(), True)
 
     async def report() -> None:
         while True:
