@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, logs
-from .config import DEMO_CONFIG, ConfigError, load_config, parse_hostport
+from .config import DEMO_CONFIG, ConfigError, load_config, parse_admin, parse_hostport
 from .dns.zone import ZoneError
 
 
@@ -23,14 +23,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="serving processes sharing the port (SO_REUSEPORT)")
     s.add_argument(
         "--admin",
-        help="admin HTTP API ADDR:PORT, or PORT for 127.0.0.1:PORT (overrides admin.listen)",
+        help="admin HTTP API ADDR:PORT; PORT or :PORT alone binds loopback (127.0.0.1:PORT), "
+        "other addresses only when given, e.g. 0.0.0.0:8053 (overrides admin.listen)",
     )
     s.add_argument("--log-format", choices=["json", "console"], default="json")
     c = sub.add_parser("check", help="validate a config and its zones, print a summary")
     c.add_argument("-c", "--config", type=Path, required=True)
     e = sub.add_parser("explain", help="why a name answers as it does for a client")
     e.add_argument("name")
-    e.add_argument("--type", default="A", help="record type (default A)")
+    e.add_argument(
+        "--type", default="A", help="record type: a mnemonic, TYPEnnn or a number (default A)"
+    )
     e.add_argument("--subnet", help="client subnet as a resolver would send it in ECS, e.g. 10.1.2.0/24")
     e.add_argument(
         "--source",
@@ -76,7 +79,12 @@ def _explain(args: argparse.Namespace) -> int:
             with urllib.request.urlopen(url, timeout=10) as r:
                 data = json.load(r)
         except urllib.error.HTTPError as err:
-            print(f"fedns explain: {json.load(err).get('error', err)}", file=sys.stderr)
+            body = err.read().decode(errors="replace")
+            try:
+                why = json.loads(body).get("error", body)
+            except (ValueError, AttributeError):
+                why = body.strip() or str(err)  # not fedns's JSON (a proxy, or aiohttp's 400)
+            print(f"fedns explain: HTTP {err.code}: {why}", file=sys.stderr)
             return 1
         except (urllib.error.URLError, OSError) as err:
             print(f"fedns explain: cannot reach {args.server}: {err}; is fedns running with --admin?",
@@ -207,8 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError("--workers: must be at least 1")
         admin = cfg.admin
         if args.admin:
-            text = args.admin if ":" in args.admin else f"127.0.0.1:{args.admin}"
-            admin = parse_hostport(text, "--admin")
+            admin = parse_admin(args.admin, "--admin")
         logs.setup(cfg.log_level, json=args.log_format == "json")
         return serve(cfg, host, port, workers, admin)
     except (ConfigError, ZoneError) as e:

@@ -178,40 +178,5 @@ def test_active_connection_kept_past_the_idle_timeout(short_idle_server: ServerP
             time.sleep(0.1)
 
 
-@pytest.fixture
-def capped_server(fedns_server: FednsFactory) -> ServerProcess:
-    return fedns_server({RICH_ORIGIN: RICH_ZONE}, settings={"tcp": {"max_connections": 3}})
-
-
-def _answered(s: socket.socket, qid: int) -> bool:
-    try:
-        s.sendall(frame(make(f"web.{RICH_ORIGIN}", "A", qid=qid).to_wire()))
-        wire = tcp_read(s)
-    except OSError:
-        return False
-    return wire is not None and dns.message.from_wire(wire).id == qid
-
-
-def test_connection_cap(capped_server: ServerProcess) -> None:
-    first = [tcp_connect(capped_server.addr) for _ in range(3)]
-    try:
-        for i, s in enumerate(first):
-            assert _answered(s, i)
-        extra = tcp_connect(capped_server.addr)
-        try:
-            assert not _answered(extra, 99), "the 4th connection must be refused"
-        finally:
-            extra.close()
-        for i, s in enumerate(first):  # the first three are unaffected
-            assert _answered(s, 10 + i)
-        first.pop().close()  # a slot frees up once a client leaves
-        deadline = time.monotonic() + 5
-        while True:
-            with tcp_connect(capped_server.addr) as again:
-                if _answered(again, 50):
-                    break
-            assert time.monotonic() < deadline, "a closed connection's slot was never freed"
-            time.sleep(0.05)
-    finally:
-        for s in first:
-            s.close()
+# The total cap (the least recently active connection gives way) is asserted by
+# tests/test_tcp_abuse.py::test_total_cap_evicts_the_least_recently_active.

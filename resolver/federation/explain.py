@@ -13,15 +13,18 @@ import struct
 import time
 from typing import Any
 
-from dnslib import QTYPE, DNSError, DNSRecord
+import dns.exception
+import dns.name
+import dns.rdatatype
+from dnslib import DNSRecord
 
 from ..dns.answers import Table
 from ..dns.ecs import ClientSubnet
 from ..dns.entries import Entry
-from ..dns.wire import REFUSED
-from ..dns.zone import key_of
 from .locality import Locator
 from .router import Router
+
+_AXFR, _IXFR, _OPT = 252, 251, 41
 
 
 class ExplainError(ValueError):
@@ -42,33 +45,73 @@ def parse_subnet(text: str | None) -> ClientSubnet | None:
 
 
 def qtype_of(text: str | None) -> int:
-    t = (text or "A").upper()
-    num = t[4:] if t.startswith("TYPE") else t
-    if num.isdigit() and int(num) <= 65535:
-        return int(num)
+    """A record type: a mnemonic (any case), ``TYPEnnn`` (RFC 3597) or a number.
+
+    Every value 0-65535 is a type DNS can be asked about, known or not."""
+    t = (text or "A").strip()
+    if t.isdigit():
+        t = f"TYPE{t}"
     try:
-        val = int(getattr(QTYPE, t))
-    except (AttributeError, DNSError):  # dnslib raises DNSError for unknown names
-        val = -1
-    if not 0 <= val <= 65535:
-        raise ExplainError(f"unknown record type {text!r}; use A, AAAA, SRV, TXT, ... or TYPEnnn")
-    return val
+        return int(dns.rdatatype.from_text(t))
+    except (dns.exception.DNSException, ValueError):
+        raise ExplainError(
+            f"unknown record type {_shown(t)}; use A, AAAA, SRV, TXT, ... or TYPEnnn (0-65535)"
+        ) from None
+
+
+def type_text(qtype: int) -> str:
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))  # the mnemonic, else TYPEnnn
+
+
+def parse_name(text: str) -> dns.name.Name:
+    """A domain name as a resolver would ask it, or ExplainError saying what is wrong.
+
+    Presentation format: octets that are not printable ASCII are written
+    ``\\DDD``; a raw control byte or space (``%00`` in a URL) is refused, as is
+    an empty label, a label over 63 octets or a name over 255 (RFC 1035 2.3.4)."""
+    if not text:
+        raise ExplainError("name is required, e.g. name=cart.shop.global.example.test")
+    bad = next((ch for ch in text if ord(ch) < 0x21 or ord(ch) == 0x7F), None)
+    if bad is not None:
+        raise ExplainError(
+            f"name {_shown(text)} has the control character or space {bad!r}; "
+            "write such an octet as \\DDD (e.g. \\000)"
+        )
+    try:
+        return dns.name.from_text(text)
+    except dns.name.EmptyLabel:
+        why = "has an empty label (two dots in a row, or a leading dot)"
+    except dns.name.LabelTooLong:
+        why = "has a label longer than 63 octets"
+    except dns.name.NameTooLong:
+        why = "is longer than 255 octets"
+    except (dns.exception.DNSException, UnicodeError, ValueError) as e:
+        why = f"is not a domain name ({e})"
+    raise ExplainError(f"name {_shown(text)} {why}")
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` for an error message: quoted, and cut short (the input may be long)."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def explain(table: Table, locator: Locator, name: str, qtype_text: str | None,
             subnet_text: str | None, source: str | None = None) -> dict[str, Any]:
     """The decision trail for ``name`` and type, for a client with ECS ``subnet_text``
     and/or source address ``source``, as the table and ``locator`` serve it now."""
-    if not name:
-        raise ExplainError("name is required, e.g. name=cart.shop.global.example.test")
-    qname = name if name.endswith(".") else name + "."
+    parsed = parse_name(name)
+    qname = parsed.to_text()
     qtype = qtype_of(qtype_text)
     subnet = parse_subnet(subnet_text)
-    out: dict[str, Any] = {"name": qname, "type": QTYPE.get(qtype), "time": time.time()}
-    try:
-        lname = key_of(qname)
-    except Exception:
-        raise ExplainError(f"{name!r} is not a valid domain name") from None
+    if source:
+        try:
+            ipaddress.ip_address(source)
+        except ValueError:
+            raise ExplainError(f"source {_shown(source)} is not an IP address like 10.244.1.7") from None
+    out: dict[str, Any] = {"name": qname, "type": type_text(qtype), "time": time.time()}
+    wire_name = parsed.to_wire()
+    assert wire_name is not None  # None only when writing to a file
+    lname = wire_name.lower()  # the table's key (``zone.key_of``): wire format, ASCII lowercased
     node = table.nodes.get(lname)
     router = node.router if node is not None else None
     if router is not None and not isinstance(router, Router):
@@ -117,35 +160,53 @@ def explain(table: Table, locator: Locator, name: str, qtype_text: str | None,
         out["steps"] = list(d.steps)
     else:
         found = table.find(lname, qtype)
+        # Whatever the table's own reply is: the zone data does not depend on the
+        # client, so this is the answer DNS gives, for any type (RFC 3597),
+        # including the ones refused outright.
+        reply_wire = table.general(_query(wire_name, qtype), True, None)
         if found is None:
             out["source"] = "none"
             out["steps"] = ["the name is in none of our zones: REFUSED"]
-            # What ``Table.general`` sends (``wire.error_reply``): REFUSED, not
-            # authoritative, no records and no ECS option, hence no SCOPE.
+            # No records and no ECS option, hence no SCOPE.
             out["scope"] = None
             out["depends_on"] = "nothing"
-            out["rcode"] = REFUSED
-            out["aa"] = False
-            out["answer"] = []
-            out["authority"] = []
-            out["ttl"] = None
+        else:
+            out["source"] = "zone"
+            out["scope"] = 0
+            out["depends_on"] = "nothing"
+            out["steps"] = ["records from the zone data: the answer does not depend on the client"]
+            if qtype in (_AXFR, _IXFR):
+                out["steps"].append("zone transfers (AXFR, IXFR) are not offered: REFUSED")
+            elif qtype == _OPT:
+                out["steps"].append("OPT is not a question type (RFC 6891 6.1.1): FORMERR")
+        if reply_wire:
+            _render(out, reply_wire)
+            if qtype in (_AXFR, _IXFR, _OPT):
+                out["scope"] = None  # an error reply: no ECS option
+            return out
+        if found is None:  # held for the first sync: not answered yet
+            out.update(rcode=None, aa=None, answer=[], authority=[], ttl=None)
             return out
         entry = found
-        out["source"] = "zone"
-        out["scope"] = 0
-        out["depends_on"] = "nothing"
-        out["steps"] = ["records from the zone data: the answer does not depend on the client"]
-    reply = DNSRecord.parse(_reply_bytes(entry, qname, qtype))
+    _render(out, _reply_bytes(entry, wire_name, qtype))
+    return out
+
+
+def _render(out: dict[str, Any], reply_wire: bytes) -> None:
+    reply = DNSRecord.parse(reply_wire)
     out["rcode"] = reply.header.rcode
     out["aa"] = bool(reply.header.aa)
     out["answer"] = [str(rr) for rr in reply.rr]
     out["authority"] = [str(rr) for rr in reply.auth]
     out["ttl"] = min((rr.ttl for rr in reply.rr), default=None)
-    return out
 
 
-def _reply_bytes(entry: Entry, qname: str, qtype: int) -> bytes:
-    q = DNSRecord.question(qname, QTYPE.get(qtype)).pack()
-    question = q[12:]
+def _query(wire_name: bytes, qtype: int) -> bytes:
+    """A query as an authoritative server is asked: ID 0, no RD, no OPT, class IN."""
+    return struct.pack(">6H", 0, 0, 1, 0, 0, 0) + wire_name + struct.pack(">HH", qtype, 1)
+
+
+def _reply_bytes(entry: Entry, wire_name: bytes, qtype: int) -> bytes:
+    question = wire_name + struct.pack(">HH", qtype, 1)
     head = struct.pack(">HBB", 0, entry.flags1, entry.rcode) + entry.counts
     return head + question + entry.body(len(question) - 4)

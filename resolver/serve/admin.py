@@ -11,15 +11,24 @@ the instance (``resolver.app``) gives it.
 - ``GET /v1/registry``: the federated services as the control side sees them.
 - ``GET /v1/clusters``: per-cluster watch state (synced, last contact, stale).
 - ``GET /v1/explain?name=&type=&subnet=``: the decision trail for one answer.
+
+Bad input is a 4xx with a message, never a traceback: a bad name or type is
+400 with what to send instead; a request line or header over aiohttp's limit
+(8,190 bytes) or one that is not HTTP is aiohttp's 400, logged as one debug
+line; an exception inside a handler (a bug) is a JSON 500 and one error line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -27,6 +36,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 Explain = Callable[[str, str | None, str | None, str | None], dict[str, Any]]
 
 RCODES = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
+
+log = structlog.get_logger("fedns.admin")
 
 
 class StatsCollector:
@@ -63,9 +74,28 @@ class StatsCollector:
             "fedns_tcp_connections", "TCP connections accepted", value=s.get("tcp_connections", 0)
         )
         yield CounterMetricFamily(
-            "fedns_tcp_refused", "TCP connections closed at the connection cap",
+            "fedns_tcp_refused",
+            "TCP connections reset at the per-source cap or evicted at the total cap",
             value=s.get("tcp_refused", 0),
         )
+        # rate_limit and cookies (resolver.serve.runtime.Stats.guard: rrl_*, cookie_*).
+        rrl = CounterMetricFamily(
+            "fedns_rrl_limited_responses",
+            "UDP replies over the rate limit, by what was done: sent truncated (slip), "
+            "BADCOOKIE, dropped, sent anyway (log_only, or a valid server cookie)",
+            labels=["action"],
+        )
+        for action, key in (("slip", "slipped"), ("badcookie", "badcookie"), ("drop", "dropped"),
+                            ("log_only", "logged"), ("valid_cookie", "exempt")):
+            rrl.add_metric([action], s.get(f"rrl_{key}", 0))
+        yield rrl
+        ck = CounterMetricFamily(
+            "fedns_cookie_queries", "Queries with a DNS COOKIE option, by what it held",
+            labels=["cookie"],
+        )
+        for kind in ("client_only", "valid", "invalid", "malformed"):
+            ck.add_metric([kind], s.get(f"cookie_{kind}", 0))
+        yield ck
         g = GaugeMetricFamily("fedns_federated_services", "Federated services published")
         g.add_metric([], s.get("services", 0))
         yield g
@@ -100,6 +130,35 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A handler's unexpected exception: a JSON 500 and one log line, not aiohttp's page."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise  # 404, 405, ...: aiohttp's own answers
+    except Exception as e:
+        log.error("admin_request_failed", path=request.path, error=f"{type(e).__name__}: {e}",
+                  exc_info=True)
+        return _json({"error": "internal error; the server log has the details"}, status=500)
+
+
+class _ServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger, for what reaches it before any handler.
+
+    A malformed request, or a URL or header over aiohttp's limit, is the
+    client's error (aiohttp answers 400): one debug line, no traceback. Anything
+    else is logged as aiohttp would, traceback included."""
+
+    def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kw: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            log.debug("admin_bad_request", status=exc.code,
+                      error=" ".join(str(exc.message).split())[:200])
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kw)
+
+
 class Admin:
     """The admin app. ``state`` callbacks keep it independent of process layout."""
 
@@ -125,7 +184,7 @@ class Admin:
         return s
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_errors])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -161,7 +220,9 @@ class Admin:
 
 
 async def start_admin(admin: Admin, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(admin.app(), access_log=None)
+    runner = web.AppRunner(
+        admin.app(), access_log=None, logger=_ServerLog(logging.getLogger("aiohttp.server"), {})
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

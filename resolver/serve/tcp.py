@@ -1,80 +1,338 @@
-"""DNS over TCP (RFC 7766): 2-byte length framing, pipelining, idle timeout, bounded buffers.
+"""DNS over TCP (RFC 7766): framing, pipelining, out-of-order completion, and the
+limits that keep slow, idle and greedy clients from holding the port.
 
-TCP flow control (pause reading while the peer does not read) bounds what one
-connection can have in flight; queries held for the first sync complete out
-of order, behind later ones (RFC 7766 7).
+Every connection is on one clock, checked lazily by one timer per connection
+(armed for the earliest deadline, re-armed when it fires, so reading a byte
+costs no timer work):
+
+- a query must arrive whole within ``message_timeout`` of its first byte, and
+  from ``GRACE`` on at ``min_rate`` bytes/s on average: a client sending a
+  byte a second (slowloris), or a length prefix and never the body, is cut
+  off at its message's deadline, which later bytes cannot move;
+- once the kernel's send buffer (fixed at ``_SNDBUF``) takes no more of our
+  replies, no more queries are read; replies the peer does not take must
+  drain at ``min_rate`` (at least a byte per ``message_timeout`` when it is 0);
+- a connection pipelining many queries gets ``_TURN`` of them answered per turn
+  of the event loop, behind every other connection: it cannot hold the loop,
+  or the GIL the UDP thread needs;
+- a connection with no query in progress, none in flight and nothing to send
+  is closed ``idle_timeout`` after its last message (RFC 7766 6.2.3);
+- at most ``max_per_source`` connections per IPv4 address or IPv6 /64 (more are
+  reset at once), ``max_connections`` in all. At the total cap a new
+  connection is taken and the least recently active one gives way (idle,
+  slow and non-reading ones come first: only a complete message read counts
+  as activity), so connections held open by an attacker cannot lock
+  legitimate clients out.
+
+Queries held for the first sync complete out of order, behind later ones
+(RFC 7766 7); at most ``max_inflight`` of them per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import socket
 import struct
+import time
+from collections import OrderedDict, deque
 from typing import Any
+
+import structlog
 
 from .runtime import Runtime
 
+log = structlog.get_logger("fedns.tcp")
+
 _LEN = struct.Struct(">H")
+# From this long after a message's first byte (or a reply backlog's start) on,
+# the data must keep up with ``min_rate``: a query normally arrives in one segment.
+GRACE = 1.0
+_HELD_INFLIGHT = 1  # why reading is paused: max_inflight queries held for the first sync,
+_HELD_WRITE = 2  # the peer does not read our replies,
+_HELD_TURN = 4  # or whole frames read already wait for their turn
+# Bytes the kernel may hold unsent per connection (it doubles this): room for a
+# few maximum-size replies in flight, not the megabytes Linux autotunes to.
+_SNDBUF = 32 * 1024
+_VICTIM_SCAN = 64  # connections looked at for one to evict (the rest are more recent)
+# Frames answered per connection per turn: a connection pipelining thousands
+# waits for its next turn, behind every other one that has frames waiting.
+_TURN = 16
+# Frames answered in all per iteration of the event loop. libuv accepts one
+# connection per iteration, so a flood of pipelined queries must not make an
+# iteration long: new clients would wait seconds to be accepted.
+_BUDGET = 256
+_WARN_EVERY = 60.0  # s between two warnings of one kind: an attack must not flood the log
+
+
+def source_of(peer: Any) -> object:
+    """What ``max_per_source`` counts by: an IPv4 address (also v4-mapped), or the /64
+    of an IPv6 one, since a single host is routinely given a whole /64."""
+    host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+    if ":" not in host:
+        return host
+    try:
+        addr = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return addr.packed[:8]
+
+
+class Connections:
+    """The TCP connections of one serving process, least recently active first."""
+
+    def __init__(self, rt: Runtime, fd_room: int | None = None) -> None:
+        self.rt = rt
+        self.loop = asyncio.get_running_loop()
+        self.lru: OrderedDict[TcpProtocol, None] = OrderedDict()
+        self.sources: dict[object, int] = {}
+        # File descriptors this process can give connections (RLIMIT_NOFILE less a
+        # reserve); None: no limit known. A cap above it would fail in accept().
+        self.fd_room = fd_room
+        self._warned: dict[str, float] = {}
+        # Connections with whole frames waiting (reading paused), served in turn.
+        self.ready: deque[TcpProtocol] = deque()
+        self.budget = _BUDGET  # frames this iteration of the loop may still answer
+        self._scheduled = False
+
+    def __len__(self) -> int:
+        return len(self.lru)
+
+    def cap(self) -> int:
+        n = self.rt.cfg.tcp.max_connections
+        return n if self.fd_room is None else min(n, self.fd_room)
+
+    def admit(self, c: TcpProtocol) -> bool:
+        """Take ``c`` in, evicting the least recently active at the cap; False: refuse it."""
+        tcp = self.rt.cfg.tcp
+        n = self.sources.get(c.source, 0)
+        if tcp.max_per_source and n >= tcp.max_per_source:
+            self.rt.stats.tcp_refused += 1
+            self._warn("tcp_source_cap", source=str(c.peer[0]) if isinstance(c.peer, tuple) else "?",
+                       max_per_source=tcp.max_per_source)
+            return False
+        cap = self.cap()
+        while len(self.lru) >= cap:
+            victim = self._victim()
+            self.drop(victim)
+            victim.shut("evicted")
+            self.rt.stats.tcp_refused += 1
+            self._warn("tcp_connection_cap", max_connections=cap,
+                       action="closing the least recently active connections")
+        self.lru[c] = None
+        self.sources[c.source] = n + 1
+        return True
+
+    def _victim(self) -> TcpProtocol:
+        """The least recently active connection, passing over (among the first
+        few) one accepted a moment ago that has not been read from yet: its
+        query may be waiting for its first turn."""
+        now = self.loop.time()
+        first = None
+        for i, c in enumerate(self.lru):
+            if first is None:
+                first = c
+            if c.heard or now - c.last >= GRACE or i >= _VICTIM_SCAN:
+                return c
+        assert first is not None
+        return first
+
+    def busy(self) -> bool:
+        """Others wait for their turn, or this iteration's share is spent."""
+        return bool(self.ready) or self.budget <= 0
+
+    def spend(self, frames: int) -> None:
+        self.budget -= frames
+        self._schedule()  # the budget is renewed in the next iteration
+
+    def queue(self, c: TcpProtocol) -> None:
+        """Serve ``c``'s waiting frames in turn; a connection not answered yet goes
+        first (at most one a loop iteration is accepted, so this cannot starve
+        the others), so a new client waits for no backlog."""
+        if c.held & _HELD_TURN:
+            return
+        c._hold(_HELD_TURN)
+        if c.answered:
+            self.ready.append(c)
+        else:
+            self.ready.appendleft(c)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        self.budget = _BUDGET
+        ready = self.ready
+        while ready and self.budget > 0:
+            ready.popleft()._turn()
+        if ready:
+            self._schedule()
+
+    def touch(self, c: TcpProtocol) -> None:
+        if c in self.lru:
+            self.lru.move_to_end(c)
+
+    def drop(self, c: TcpProtocol) -> None:
+        if c in self.lru:
+            del self.lru[c]
+            left = self.sources[c.source] - 1
+            if left:
+                self.sources[c.source] = left
+            else:
+                del self.sources[c.source]
+
+    def close_all(self) -> None:
+        for c in list(self.lru):
+            c.shut("stopping")
+
+    def _warn(self, event: str, **kw: Any) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(event, -_WARN_EVERY) >= _WARN_EVERY:
+            self._warned[event] = now
+            log.warning(event, **kw)
 
 
 class TcpProtocol(asyncio.Protocol):
-    """RFC 7766: 2-byte length framing, pipelining, idle timeout, bounded buffers."""
+    """One client connection: RFC 7766 framing and pipelining under the limits above."""
 
-    def __init__(self, rt: Runtime, conns: set[TcpProtocol]) -> None:
+    def __init__(self, rt: Runtime, conns: Connections) -> None:
         self.rt = rt
         self.conns = conns
+        self.loop = asyncio.get_running_loop()
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.idle: asyncio.TimerHandle | None = None
         self.peer: Any = None
+        self.source: object = None
+        self.alive = False
+        self.heard = False  # any byte received yet
+        self.answered = False  # any frame answered yet
         self.pending = 0  # queries waiting for the first federation sync
-        self.last = 0.0
-        self.loop = asyncio.get_running_loop()
+        self.held = 0  # _HELD_* bits: why we paused reading
+        self.last = 0.0  # when the last whole message came in (or a reply went out)
+        self.msg_start: float | None = None  # first byte of the message in progress
+        self.msg_bytes = 0  # its bytes so far
+        self.written = 0  # bytes handed to the transport
+        self.wstart: float | None = None  # a reply backlog's current window: start ...
+        self.wmark = 0  # ... and bytes sent by then
+        self.timer: asyncio.TimerHandle | None = None
+        self.due = 0.0
+
+    # -- life cycle ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = t = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
-        tcp = self.rt.cfg.tcp
-        if len(self.conns) >= tcp.max_connections:
-            self.rt.stats.tcp_refused += 1
-            transport.close()
+        self.source = source_of(self.peer)
+        if not self.conns.admit(self):
+            t.abort()  # type: ignore[attr-defined]  # a reset: nothing was said yet
             return
-        self.conns.add(self)
+        self.alive = True
         self.rt.stats.tcp_connections += 1
-        # Bound what a peer that does not read can make us buffer: past this,
-        # writes pause reading, so no new queries are taken from it.
-        transport.set_write_buffer_limits(high=tcp.max_inflight * 1024)  # type: ignore[attr-defined]
-        self.last = self.loop.time()
-        self.idle = self.loop.call_later(tcp.idle_timeout, self._check_idle)
+        tcp = self.rt.cfg.tcp
+        # Once the kernel takes no more of our replies, reading pauses (high=0):
+        # no new queries are taken from a peer that does not read, until it does.
+        # A fixed kernel send buffer (Linux would grow it to megabytes) makes
+        # that soon, and bounds what such a peer costs.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+        t.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
+        self.last = now = self.loop.time()
+        self._arm(now + tcp.idle_timeout)
 
-    def _check_idle(self) -> None:
-        timeout = self.rt.cfg.tcp.idle_timeout
-        left = self.last + timeout - self.loop.time()
-        if left > 0 or self.pending:
-            self.idle = self.loop.call_later(max(left, 0.1), self._check_idle)
-        elif self.transport is not None:
-            self.transport.close()
+    def shut(self, why: str) -> None:
+        """Close at a limit: gracefully when idle (RFC 7766 6.2.3), else a reset, so a
+        peer that does not read cannot keep the socket open with unsent data."""
+        self.conns.drop(self)
+        t = self.transport
+        if not self.alive or t is None:
+            return
+        self.alive = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if why in ("idle", "evicted", "stopping") and not self.buf and not t.get_write_buffer_size():
+            t.close()
+        else:
+            t.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        self.conns.drop(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- reading -------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.last = self.loop.time()
-        self.buf += data
-        self._drain()
+        self.heard = True
+        buf = self.buf
+        partial = bool(buf)
+        buf += data
+        if self.held:  # read before the pause took effect: kept for its turn
+            return
+        if self._whole() and self.conns.busy():
+            self.conns.queue(self)
+            return
+        self._settle(self._drain(), partial, len(data))
 
-    def _drain(self) -> None:
-        """Answer every complete frame in the buffer, up to the in-flight cap."""
+    def _whole(self) -> bool:
+        buf = self.buf
+        return len(buf) >= 2 and len(buf) >= 2 + ((buf[0] << 8) | buf[1])
+
+    def _settle(self, done: int, partial: bool, added: int) -> None:
+        """After answering ``done`` frames: the activity clock, the message clock."""
+        now = 0.0
+        if done:
+            self.last = now = self.loop.time()
+            self.conns.touch(self)
+        buf = self.buf
+        if not buf or self.held:
+            # Nothing, or whole frames waiting for their turn: no message of the
+            # peer's in progress until they are answered.
+            self.msg_start = None
+        elif done or not partial or self.msg_start is None:
+            # A new message begins: its clock starts now and only its
+            # completion, never a further byte, stops it.
+            self.msg_start = now or self.loop.time()
+            self.msg_bytes = len(buf)
+            tcp = self.rt.cfg.tcp
+            self._arm(self.msg_start + (min(GRACE, tcp.message_timeout) if tcp.min_rate else tcp.message_timeout))
+        else:
+            self.msg_bytes += added
+
+    def _drain(self) -> int:
+        """Answer complete frames in the buffer, a turn's share; how many.
+
+        A client pipelining thousands of queries in one segment gets ``_TURN``
+        answered (the rest of the budget when no other waits), then waits
+        (reading paused) for its next turn behind every other connection with
+        frames waiting, and no iteration of the loop answers more than
+        ``_BUDGET``: no client can hold the loop, or the GIL the UDP thread
+        needs, and new connections are accepted meanwhile."""
         buf = self.buf
         out = []
         rt = self.rt
-        cap = rt.cfg.tcp.max_inflight
-        while len(buf) >= 2 and self.pending < cap:
+        conns = self.conns
+        # A turn's share while others wait; alone, what is left of the budget.
+        limit = min(_TURN, conns.budget) if conns.ready else conns.budget
+        done = 0
+        while done < limit and not self.held and len(buf) >= 2:
             n = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + n:
-                if len(buf) > 2 + 65535:  # cannot happen with a valid peer; never grow unbounded
-                    assert self.transport is not None
-                    self.transport.close()
-                    return
                 break
             msg = bytes(buf[2 : 2 + n])
             del buf[: 2 + n]
+            done += 1
             rt.stats.tcp_queries += 1
             resp = rt.answer(msg, True, self.peer)
             if resp:
@@ -83,41 +341,133 @@ class TcpProtocol(asyncio.Protocol):
                 # WAIT: this one completes later, out of order (RFC 7766 7); the
                 # queries behind it are answered now.
                 self._defer(msg)
-        if out and self.transport is not None:
+        if done:
+            self.answered = True
+            conns.spend(done)
+        t = self.transport
+        if out and t is not None:
             # One write per batch: the length prefix and message go out together.
-            self.transport.write(b"".join(out))
+            data = b"".join(out)
+            self.written += len(data)
+            t.write(data)
+            if t.get_write_buffer_size():
+                self._arm(self.loop.time() + GRACE)  # the kernel's buffer is full: watch the drain
+        if not self.held and self._whole():
+            conns.queue(self)
+        return done
+
+    def _turn(self) -> None:
+        """Its turn (``Connections._run``): the next share of the frames read already."""
+        self.held &= ~_HELD_TURN
+        t = self.transport
+        if not self.alive or t is None or self.held:
+            return  # closed, or still held: the release queues it again
+        self._settle(self._drain(), False, 0)
+        if not self.held:
+            t.resume_reading()
+
+    def _hold(self, why: int) -> None:
+        if not self.held and self.transport is not None:
+            self.transport.pause_reading()
+        self.held |= why
+
+    def _release(self, why: int) -> None:
+        if not self.held & why:
+            return
+        self.held &= ~why
+        t = self.transport
+        if self.held or not self.alive or t is None:
+            return
+        if self._whole():
+            self.conns.queue(self)  # frames read meanwhile first; reading resumes after
+            return
+        self._settle(0, False, 0)
+        t.resume_reading()
 
     def _defer(self, msg: bytes) -> None:
         self.pending += 1
-        if self.pending >= self.rt.cfg.tcp.max_inflight and self.transport is not None:
-            self.transport.pause_reading()  # RFC 7766 6.2.1.1: bound in-flight queries
+        if self.pending >= self.rt.cfg.tcp.max_inflight:
+            self._hold(_HELD_INFLIGHT)  # RFC 7766 6.2.1.1: bound in-flight queries
         task = self.rt.later(msg, True, self.peer, self._send)
         task.add_done_callback(self._deferred_done)
 
     def _send(self, resp: bytes) -> None:
         t = self.transport
-        if t is not None and not t.is_closing():
-            t.write(_LEN.pack(len(resp)) + resp)
+        if self.alive and t is not None and not t.is_closing():
+            data = _LEN.pack(len(resp)) + resp
+            self.written += len(data)
+            t.write(data)
+            self.last = self.loop.time()
+            self.conns.touch(self)
 
     def _deferred_done(self, _task: asyncio.Task[None]) -> None:
         self.pending -= 1
-        t = self.transport
-        if t is None or t.is_closing():
-            return
-        if self.pending == self.rt.cfg.tcp.max_inflight - 1:
-            self._drain()  # frames read before the cap was reached
-            if self.pending < self.rt.cfg.tcp.max_inflight:
-                t.resume_reading()
+        if self.pending < self.rt.cfg.tcp.max_inflight:
+            self._release(_HELD_INFLIGHT)
+
+    # -- writing -------------------------------------------------------------------
 
     def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._hold(_HELD_WRITE)
+        self._arm(self.loop.time() + GRACE)
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._release(_HELD_WRITE)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conns.discard(self)
-        if self.idle is not None:
-            self.idle.cancel()
+    # -- the clock -----------------------------------------------------------------
+
+    def _arm(self, when: float) -> None:
+        """Check at ``when`` at the latest (an earlier check re-arms itself)."""
+        h = self.timer
+        if h is not None:
+            if self.due <= when:
+                return
+            h.cancel()
+        self.due = when
+        self.timer = self.loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        t = self.transport
+        if not self.alive or t is None:
+            return
+        tcp = self.rt.cfg.tcp
+        now = self.loop.time()
+        due = now + tcp.idle_timeout
+        unsent = t.get_write_buffer_size()
+        if unsent:
+            sent = self.written - unsent
+            if self.wstart is None:
+                self.wstart, self.wmark = now, sent
+            else:
+                window = GRACE if tcp.min_rate else tcp.message_timeout
+                elapsed = now - self.wstart
+                if elapsed >= window:
+                    need = max(1.0, tcp.min_rate * elapsed)
+                    if sent - self.wmark < need:
+                        self.shut("write_stalled")
+                        return
+                    self.wstart, self.wmark = now, sent
+            due = min(due, self.wstart + (GRACE if tcp.min_rate else tcp.message_timeout))
+        else:
+            self.wstart = None
+        if self.msg_start is not None and not self.held:
+            limit = tcp.message_timeout
+            if tcp.min_rate:
+                limit = min(limit, GRACE + self.msg_bytes / tcp.min_rate)
+            deadline = self.msg_start + limit
+            if deadline <= now:
+                self.shut("message_timeout")
+                return
+            due = min(due, deadline)
+        elif not self.buf and not self.pending and not unsent:
+            deadline = self.last + tcp.idle_timeout
+            if deadline <= now:
+                self.shut("idle")
+                return
+            due = min(due, deadline)
+        else:
+            # Waiting on us, not on the peer: queries read and queued for their
+            # turn, or held for the first sync (bounded by dns.startup_wait).
+            due = min(due, now + GRACE)
+        self._arm(max(due, now + 0.01))

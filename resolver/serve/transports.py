@@ -7,13 +7,25 @@ import contextlib
 import socket
 from collections.abc import Callable
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Linux/macOS: no limit to raise
+    resource = None  # type: ignore[assignment]
+
 import structlog
 
 from .runtime import Runtime
-from .tcp import TcpProtocol
+from .tcp import Connections, TcpProtocol
 from .udp import MmsgServer, UdpProtocol, resolve_mode
 
 log = structlog.get_logger("fedns.serve")
+
+# File descriptors kept for everything but TCP clients: sockets, zone files, the
+# admin API and Kubernetes watches of a single process, a pipe per worker.
+FD_RESERVE = 128
+# Connections the kernel completes before fedns accepts them (capped by
+# net.core.somaxconn): a burst of clients reconnecting at once must not lose SYNs.
+LISTEN_BACKLOG = 4096
 
 
 def _udp_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -35,7 +47,7 @@ def _tcp_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     if reuse_port:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind((host, port))
-    s.listen(1024)
+    s.listen(LISTEN_BACKLOG)
     s.setblocking(False)
     return s
 
@@ -60,7 +72,7 @@ async def run_transports(
 ) -> Callable[[], None]:
     """Serve UDP (mmsg thread or uvloop, per ``dns.udp``) and TCP; returns what stops them."""
     loop = asyncio.get_running_loop()
-    conns: set[TcpProtocol] = set()
+    conns = Connections(rt, fd_room(rt.cfg.tcp.max_connections))
     close_udp: Callable[[], None]
     if resolve_mode(rt.cfg.udp) == "mmsg":
         mmsg = MmsgServer(rt, udp_sock)
@@ -71,16 +83,52 @@ async def run_transports(
             lambda: UdpProtocol(rt), sock=udp_sock
         )
         close_udp = udp_transport.close
-    tcp_server = await loop.create_server(lambda: TcpProtocol(rt, conns), sock=tcp_sock)
+    tcp_server = await loop.create_server(
+        lambda: TcpProtocol(rt, conns), sock=tcp_sock, backlog=LISTEN_BACKLOG
+    )
 
     def close() -> None:
         close_udp()
         tcp_server.close()
-        for c in list(conns):
-            if c.transport is not None:
-                c.transport.close()
+        conns.close_all()
 
     return close
+
+
+def fd_room(max_connections: int) -> int | None:
+    """How many TCP clients this process's file descriptor limit allows.
+
+    The soft ``RLIMIT_NOFILE`` is often 1,024, below ``tcp.max_connections``;
+    when it is too low it is raised to the hard limit (any process may; Go's
+    runtime does so for every program). If even that is too low, the cap
+    becomes what fits, with a warning, rather than accept() failing with EMFILE
+    under load (Knot likewise defaults its cap to half the limit).
+    None: no limit to honour."""
+    if resource is None:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        # An unlimited hard limit cannot be the soft one (the kernel's nr_open caps it).
+        for target in (hard, need) if hard != resource.RLIM_INFINITY else (need,):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (ValueError, OSError):
+                continue
+            soft = target
+            break
+    if soft == resource.RLIM_INFINITY:
+        return None
+    room = max(1, soft - FD_RESERVE)
+    if room < max_connections:
+        log.warning(
+            "tcp_fd_limit",
+            max_connections=max_connections,
+            nofile=soft,
+            effective=room,
+            hint="raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower tcp.max_connections",
+        )
+    return room
 
 
 def install_uvloop() -> None:
