@@ -45,8 +45,13 @@ class ZoneConfig:
 
 @dataclass(frozen=True, slots=True)
 class TcpConfig:
-    idle_timeout: float = 10.0  # RFC 7766 6.2.3: a few seconds; BIND uses 30, NSD 120
-    max_connections: int = 1024
+    """``tcp:`` (RFC 7766 connections and their limits; resolver/serve/README.md)."""
+
+    idle_timeout: float = 10.0  # RFC 7766 6.2.3: a few seconds; Knot 10, BIND 30, NSD 120
+    message_timeout: float = 5.0  # one whole query, first byte to last (Knot's tcp-io-timeout)
+    min_rate: int = 512  # bytes/s a query being read, or replies being sent, must keep up; 0: off
+    max_connections: int = 1024  # in all; at the cap the least recently active gives way
+    max_per_source: int = 64  # per IPv4 address or IPv6 /64; 0: no cap
     max_inflight: int = 64  # per connection; reading pauses beyond it
 
 
@@ -65,9 +70,13 @@ class RateLimitConfig:
 
 @dataclass(frozen=True, slots=True)
 class CookieConfig:
-    """``cookies:`` (DNS cookies, RFC 7873 / RFC 9018)."""
+    """``cookies:`` (DNS cookies, RFC 7873 / RFC 9018; off unless configured)."""
 
-    secret_file: Path | None = None
+    secret_file: Path | None = None  # None: a random secret per instance (resolver.dns.cookies)
+    grace: float = 3600.0  # the file's later secrets are accepted this long after it changed
+    # Read from secret_file: the current secret first, then the previous ones.
+    secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    rotated: float = 0.0  # the secret file's modification time (Unix): when the grace began
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +140,17 @@ def parse_hostport(text: str, where: str, default_port: int | None = None) -> tu
         if host != "localhost":
             raise r.fail(where, f"{host!r} is not an IP address") from None
     return host, port
+
+
+def parse_admin(text: Any, where: str) -> tuple[str, int]:
+    """The admin API's address: as ``parse_hostport``, but ``PORT`` or ``:PORT`` alone
+    is loopback (the API shows the service map; every address only when asked)."""
+    s = str(text).strip()
+    if s.isdigit():
+        s = f":{s}"
+    if s.startswith(":"):
+        s = "127.0.0.1" + s
+    return parse_hostport(s, where)
 
 
 class Reader:
@@ -223,20 +243,98 @@ def absolute_name(text: str) -> str:
     return t if t.endswith(".") else t + "."
 
 
+# Nodes the aliases of one config file may stand for, all together: a real config
+# reuses a few blocks (``<<: *defaults``); nine aliases of nine aliases of ... (the
+# "billion laughs") stand for billions, which PyYAML would build and print.
+ALIAS_BUDGET = 100_000
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that fedns will not load (aliases past the budget, or recursive)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting what aliases stand for as it composes the
+    node graph (before anything is built), so that a file whose aliases expand
+    past ``ALIAS_BUDGET`` nodes is refused at once, naming the alias and line."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes with its aliases expanded
+        self._aliased = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if not self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)
+        event = self.peek_event()
+        node = super().compose_node(parent, index)
+        if isinstance(node, yaml.CollectionNode) and node.end_mark is None:
+            problem = (
+                f"alias *{event.anchor} is inside the node it names (a recursive alias); "
+                "write the value out"
+            )
+            raise _Refused(None, None, problem, event.start_mark)
+        self._aliased += self._size(node)
+        if self._aliased > ALIAS_BUDGET:
+            problem = (
+                f"the aliases up to *{event.anchor} stand for more than {ALIAS_BUDGET:,} "
+                "values (a 'billion laughs'?); fedns refuses such a file: write the values "
+                "out or use fewer aliases"
+            )
+            raise _Refused(None, None, problem, event.start_mark)
+        return node
+
+    def _size(self, root: Any) -> int:
+        """How many nodes ``root`` is with every alias in it expanded (the graph is
+        walked once: each node's size is kept)."""
+        sizes = self._sizes
+        stack = [(root, False)]
+        while stack:
+            node, done = stack.pop()
+            if id(node) in sizes:
+                continue
+            if isinstance(node, yaml.ScalarNode):
+                sizes[id(node)] = 1
+                continue
+            if isinstance(node, yaml.MappingNode):
+                kids = [x for kv in node.value for x in kv]
+            else:
+                kids = node.value
+            if done:
+                sizes[id(node)] = 1 + sum(sizes[id(k)] for k in kids)
+            else:
+                stack.append((node, True))
+                stack.extend((k, False) for k in kids if id(k) not in sizes)
+        return sizes[id(root)]
+
+
 def load_config(path: Path | None = None) -> Config:
     """Read and validate a config file (the demo config when ``path`` is None)."""
     path = Path(path) if path is not None else DEMO_CONFIG
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from e
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{path}:{lineno}: byte 0x{data[e.start]:02X} at offset {e.start} is not UTF-8; "
+            "save the file as UTF-8"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{path}{line}: not valid YAML: {problem}") from e
+        what = "" if isinstance(e, _Refused) else "not valid YAML: "
+        raise ConfigError(f"{path}{line}: {what}{problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
+    except ValueError as e:  # a value PyYAML cannot build, e.g. an integer of 5,000 digits
+        raise ConfigError(f"{path}: a value cannot be read: {e}") from None
     return config_from_dict(raw, path)
 
 
@@ -271,13 +369,21 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         )
 
     t = r.mapping(top.get("tcp"), "tcp")
-    r.known(t, "tcp", {"idle_timeout", "max_connections", "max_inflight"})
+    r.known(t, "tcp", set(TcpConfig.__slots__))
+    td = TcpConfig()
     tcp = TcpConfig(
-        idle_timeout=r.number(t.get("idle_timeout", 10.0), "tcp.idle_timeout", 0.1, 3600),
-        max_connections=r.integer(
-            t.get("max_connections", 1024), "tcp.max_connections", 1, 1_000_000
+        idle_timeout=r.duration(t.get("idle_timeout", td.idle_timeout), "tcp.idle_timeout", 0.1, 3600),
+        message_timeout=r.duration(
+            t.get("message_timeout", td.message_timeout), "tcp.message_timeout", 0.1, 600
         ),
-        max_inflight=r.integer(t.get("max_inflight", 64), "tcp.max_inflight", 1, 65535),
+        min_rate=r.integer(t.get("min_rate", td.min_rate), "tcp.min_rate", 0, 1 << 30),
+        max_connections=r.integer(
+            t.get("max_connections", td.max_connections), "tcp.max_connections", 1, 1_000_000
+        ),
+        max_per_source=r.integer(
+            t.get("max_per_source", td.max_per_source), "tcp.max_per_source", 0, 1_000_000
+        ),
+        max_inflight=r.integer(t.get("max_inflight", td.max_inflight), "tcp.max_inflight", 1, 65535),
     )
 
     zl = r.sequence(top.get("zones"), "zones", "{origin: NAME, file: PATH}")
@@ -308,7 +414,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         a = r.mapping(top.get("admin"), "admin")
         r.known(a, "admin", {"listen"})
         if "listen" in a:
-            admin = parse_hostport(a["listen"], "admin.listen")
+            admin = parse_admin(a["listen"], "admin.listen")
 
     s = r.mapping(top.get("server"), "server")
     r.known(s, "server", {"identity", "version"})
@@ -353,15 +459,57 @@ def _rate_limit(r: Reader, raw: Any) -> RateLimitConfig | None:
         return None
     d = r.mapping(raw, "rate_limit")
     r.known(d, "rate_limit", set(RateLimitConfig.__slots__))
-    return RateLimitConfig()  # TODO(rrl): read every key
+    dflt = RateLimitConfig()
+    log_only = d.get("log_only", dflt.log_only)
+    if not isinstance(log_only, bool):
+        raise r.fail("rate_limit.log_only", f"expected true or false, got {log_only!r}")
+    return RateLimitConfig(
+        responses_per_second=r.integer(
+            d.get("responses_per_second", dflt.responses_per_second),
+            "rate_limit.responses_per_second",
+            1,
+            1_000_000,
+        ),
+        # As BIND: 0 drops every reply over the rate, N slips every Nth, at most 10.
+        slip=r.integer(d.get("slip", dflt.slip), "rate_limit.slip", 0, 10),
+        ipv4_prefix=r.integer(
+            d.get("ipv4_prefix", dflt.ipv4_prefix), "rate_limit.ipv4_prefix", 0, 32
+        ),
+        ipv6_prefix=r.integer(
+            d.get("ipv6_prefix", dflt.ipv6_prefix), "rate_limit.ipv6_prefix", 0, 128
+        ),
+        window=r.duration(d.get("window", dflt.window), "rate_limit.window", 1.0, 3600.0),
+        table_size=r.integer(
+            d.get("table_size", dflt.table_size), "rate_limit.table_size", 1, 16_777_216
+        ),
+        log_only=log_only,
+    )
 
 
 def _cookies(r: Reader, raw: Any, base: Path) -> CookieConfig | None:
     if raw is None:
         return None
+    from .dns.cookies import parse_secrets
+
     d = r.mapping(raw, "cookies")
-    r.known(d, "cookies", set(CookieConfig.__slots__))
-    return CookieConfig()  # TODO(cookies): read every key
+    r.known(d, "cookies", {"secret_file", "grace"})
+    grace = r.duration(d.get("grace", 3600.0), "cookies.grace", 0.0, 30 * 86400.0)
+    if d.get("secret_file") is None:
+        return CookieConfig(grace=grace)
+    f = Path(r.string(d["secret_file"], "cookies.secret_file"))
+    f = f if f.is_absolute() else base / f
+    try:
+        text = f.read_text(encoding="ascii")
+        rotated = f.stat().st_mtime
+    except OSError as e:
+        raise r.fail("cookies.secret_file", f"cannot read {f}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise r.fail("cookies.secret_file", f"{f}: not text; write 32 hex digits a line") from None
+    try:
+        secrets = parse_secrets(text)
+    except ValueError as e:
+        raise r.fail("cookies.secret_file", f"{f}: {e}") from None
+    return CookieConfig(secret_file=f, grace=grace, secrets=secrets, rotated=rotated)
 
 
 def _limits(r: Reader, raw: Any) -> LimitsConfig:
