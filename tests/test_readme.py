@@ -8,6 +8,7 @@ cluster, or a key fedns does not know, fails here before it fails a user.
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,6 +36,8 @@ def test_the_configuration_sample_passes_fedns_check(tmp_path: Path) -> None:
     for c in doc["federation"]["clusters"]:
         if "kubeconfig" in c:
             write_kubeconfig(tmp_path / c["kubeconfig"], {c["context"]: "https://127.0.0.1:6443"})
+    if "cookies" in doc:  # a shared secret, as `openssl rand -hex 16` writes it
+        (tmp_path / doc["cookies"]["secret_file"]).write_text(secrets.token_hex(16) + "\n")
     cfg = tmp_path / "fedns.yaml"
     cfg.write_text(sample)
     result = subprocess.run(
