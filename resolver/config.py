@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .dns.rrl import Settings
 from .dns.wire import DEFAULT_UDP_PAYLOAD, MIN_UDP_PAYLOAD
 
 UDP_MODES = ("auto", "mmsg", "uvloop")  # dns.udp; resolver/serve/udp.py picks for auto
@@ -55,17 +56,8 @@ class TcpConfig:
     max_inflight: int = 64  # per connection; reading pauses beyond it
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitConfig:
-    """``rate_limit:`` (response rate limiting on UDP; off unless configured)."""
-
-    responses_per_second: int = 20
-    slip: int = 2
-    ipv4_prefix: int = 24
-    ipv6_prefix: int = 56
-    window: float = 15.0
-    table_size: int = 65536
-    log_only: bool = False
+# ``rate_limit:`` is read into the limiter's own frozen settings (checked in ``_rate_limit``).
+RateLimitConfig = Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ EVENTS_MAX = 100  # buckets that began limiting, kept between two ``drain`` call
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """``rate_limit:`` as the limiter takes it (``config.RateLimitConfig``, checked there)."""
+    """``rate_limit:`` (``config.RateLimitConfig`` is this class; its values are checked there)."""
 
     responses_per_second: int = 20
     slip: int = 2

@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 
-from ..config import Config, RateLimitConfig
+from ..config import Config
 from ..dns.answers import Counts, Table
 from ..dns.cookies import INSTANCE_SECRET, Cookies
-from ..dns.rrl import Limiter, Settings, describe_kind
+from ..dns.rrl import Limiter, describe_kind
 from ..dns.wire import SERVFAIL, header_only
 
 log = structlog.get_logger("fedns.serve")
@@ -60,20 +60,6 @@ def sum_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 out[k] = out.get(k, 0) + v
     out["workers"] = len(parts)
     return out
-
-
-def _settings(rl: RateLimitConfig | None) -> Settings | None:
-    if rl is None:
-        return None
-    return Settings(
-        rl.responses_per_second,
-        rl.slip,
-        rl.ipv4_prefix,
-        rl.ipv6_prefix,
-        rl.window,
-        rl.table_size,
-        rl.log_only,
-    )
 
 
 class FirstSync:
@@ -139,7 +125,7 @@ class Runtime:
         cookies = None
         if c is not None:
             cookies = Cookies(c.secrets or (INSTANCE_SECRET,), c.rotated + c.grace)
-        settings = _settings(cfg.rate_limit)
+        settings = cfg.rate_limit
         if settings is None:
             self.limiter = None
         elif self.limiter is None or self.limiter.settings != settings:
