@@ -45,14 +45,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(Path(__file__).resolve().parent)]
 
-import dns.exception  # noqa: E402
-import dns.message  # noqa: E402
-import dns.name  # noqa: E402
-import dns.query  # noqa: E402
-import dns.rcode  # noqa: E402
 import fuzzing  # noqa: E402
 from results import replace_section  # noqa: E402
-from servers import DEMO_CONFIG, ServerProcess, start_fedns  # noqa: E402
+from servers import DEMO_CONFIG, start_fedns  # noqa: E402
 
 FULL = 1_000_000
 
@@ -75,21 +70,6 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def wait_federated(sp: ServerProcess, names: fuzzing.Names) -> None:
-    svc = next(n for n in names.names if n.startswith(b"\x04cart\x04shop"))
-    q = dns.message.make_query(dns.name.from_wire(svc, 0)[0], "A")
-    end = time.monotonic() + 20
-    while time.monotonic() < end:
-        try:
-            r = dns.query.udp(q, sp.host, port=sp.port, timeout=0.5)
-            if r.rcode() == dns.rcode.NOERROR and r.answer:
-                return
-        except dns.exception.Timeout:
-            pass
-        time.sleep(0.05)
-    raise SystemExit("the demo's services were not published in 20 s")
-
-
 def one(
     workers: int, packets: int, tcp_share: float, seed: int, tmp: Path, cookies: bool
 ) -> Outcome:
@@ -98,7 +78,7 @@ def one(
     sp = start_fedns(config, workdir, workers=workers)
     try:
         names = fuzzing.names_of_config(config)
-        wait_federated(sp, names)
+        fuzzing.wait_federated(sp.host, sp.port, names, 20.0)
         started = children(sp.proc.pid) if workers > 1 else [sp.proc.pid]
         tcp = int(packets * tcp_share)
         t0 = time.monotonic()

@@ -33,6 +33,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.opcode
+import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -1127,3 +1128,19 @@ def kinds() -> Iterator[str]:
 def summary_rows(t: Tally, order: Iterable[str] | None = None) -> list[tuple[str, int, int]]:
     keys: Sequence[str] = list(dict.fromkeys([*(order or kinds()), *t.sent]))
     return [(k, t.sent[k], t.replies[k]) for k in keys if t.sent[k]]
+
+
+def wait_federated(host: str, port: int, names: Names, deadline_s: float = 15.0) -> None:
+    """Until a federated service answers with records (the first sync is over)."""
+    svc = next(n for n in names.names if n.startswith(b"\x04cart\x04shop"))
+    q = dns.message.make_query(dns.name.from_wire(svc, 0)[0], "A")
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            r = dns.query.udp(q, host, port=port, timeout=0.5)
+            if r.rcode() == dns.rcode.NOERROR and r.answer:
+                return
+        except dns.exception.Timeout:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the demo's services were not published in {deadline_s} s")

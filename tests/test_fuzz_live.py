@@ -24,17 +24,11 @@ The long run (a million packets and more) is ``benchmarks/fuzz.py``.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import dns.exception
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
 import fuzzing
 import pytest
-from servers import DEMO_CONFIG, ServerProcess, start_fedns
+from servers import DEMO_CONFIG, start_fedns
 
 UDP_PACKETS = 20_000
 TCP_MESSAGES = 3_000
@@ -58,22 +52,6 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def wait_federated(sp: ServerProcess, names: fuzzing.Names, deadline_s: float = 15.0) -> None:
-    """Until a federated service answers with records (the first sync is over)."""
-    svc = next(n for n in names.names if n.startswith(b"\x04cart\x04shop"))
-    q = dns.message.make_query(dns.name.from_wire(svc, 0)[0], "A")
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            r = dns.query.udp(q, sp.host, port=sp.port, timeout=0.5)
-            if r.rcode() == dns.rcode.NOERROR and r.answer:
-                return
-        except dns.exception.Timeout:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"the demo's services were not published in {deadline_s} s")
-
-
 @pytest.mark.parametrize(
     "workers,cookies",
     [(1, False), (2, False), (1, True)],
@@ -86,7 +64,7 @@ def test_live_fuzz(tmp_path: Path, workers: int, cookies: bool) -> None:
     sp = start_fedns(config, tmp_path, workers=workers)
     try:
         names = fuzzing.names_of_config(config)
-        wait_federated(sp, names)
+        fuzzing.wait_federated(sp.host, sp.port, names)
         served_by = children(sp.proc.pid) if workers > 1 else [sp.proc.pid]
         assert len(served_by) == workers, f"worker processes: {served_by}"
         before = {pid: cpu_ticks(pid) for pid in served_by}
