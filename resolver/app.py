@@ -11,15 +11,19 @@ every serving table through ``Instance.apply``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from .config import Config, ConfigError, load_config
+from . import versions
+from .config import Config, ConfigError, read_token
 from .dns.answers import Table
 from .dns.zone import COMPACT_ABOVE, Zone, key_of, load_zone_file
 from .federation.config import FederationConfig, Routing, parse_federation
@@ -83,18 +87,12 @@ def load_instance(cfg: Config) -> Instance:
     return Instance(cfg, table, fed, publisher)
 
 
-def reload_instance(cfg: Config) -> tuple[Config, Instance]:
-    """The config read again from its file (the same one without a file), loaded."""
-    new_cfg = load_config(cfg.path) if cfg.path else cfg
-    return new_cfg, load_instance(new_cfg)
-
-
 # The interpreter's switch interval while a reload loads beside serving threads.
 RELOAD_SWITCH_INTERVAL = 0.0002
 
 
-def reload_aside(cfg: Config) -> tuple[Config, Instance]:
-    """``reload_instance``, for a thread beside the serving ones.
+def load_aside(cfg: Config) -> tuple[Config, Instance]:
+    """``load_instance``, for a thread beside the serving ones.
 
     A load is Python through and through, and the serving threads need the
     interpreter (the GIL) for every batch (mmsg UDP) or datagram (uvloop) they
@@ -108,15 +106,48 @@ def reload_aside(cfg: Config) -> tuple[Config, Instance]:
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, RELOAD_SWITCH_INTERVAL))
     try:
-        return reload_instance(cfg)
+        return cfg, load_instance(cfg)
     finally:
         sys.setswitchinterval(before)
 
 
+def start_version(cfg: Config) -> versions.Fingerprint:
+    """The version of the config ``serve`` starts with (read again for its YAML as data)."""
+    if cfg.path is None:
+        return versions.failed_version(None)
+    try:
+        return versions.read_config(cfg.path)[1]
+    except (ConfigError, OSError):
+        # Changed under us since it was loaded: the next file event reloads it.
+        return versions.failed_version(cfg.path)
+
+
+def admin_is_open(cfg: Config, admin: tuple[str, int] | None) -> None:
+    """Refuse an admin API reachable from other hosts without a token to guard it."""
+    if admin is None or cfg.admin_auth.token_file is not None:
+        return
+    host = admin[0]
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"admin.listen {host}:{admin[1]} is reachable from other hosts and admin.token_file "
+            "is not set: anyone could roll the config back. Set admin.token_file (a file holding "
+            "a token, e.g. `openssl rand -hex 32 > FILE`) or listen on 127.0.0.1"
+        )
+
+
 class Supervisor:
-    """Owns the control side of an instance: config reloads, the federation
-    control loop, the first sync and the admin API. ``publish`` fans updates out
-    to whoever serves; ``on_synced`` tells them the first sync is done."""
+    """Owns the control side of an instance: config versions and reloads, the
+    federation control loop, the first sync and the admin API. ``publish`` fans
+    updates out to whoever serves; ``on_synced`` tells them the first sync is done."""
+
+    # Changes of watched files are gathered until none came for STEP ms (at most
+    # DEBOUNCE ms): an editor's save, or a ConfigMap's ..data swap, is one reload.
+    WATCH_STEP_MS = 100
+    WATCH_DEBOUNCE_MS = 1000
 
     def __init__(
         self,
@@ -126,6 +157,7 @@ class Supervisor:
         stats: Callable[[], dict[str, Any]],
         on_synced: Callable[[], None],
         serving: Callable[[], int] = lambda: 1,
+        version: versions.Fingerprint | None = None,
     ) -> None:
         self.inst = inst
         self._publish = publish
@@ -140,6 +172,14 @@ class Supervisor:
         self._reloading = asyncio.Lock()
         self.control: Control | None = None
         self.admin_runner: Any = None
+        # The operator's config file: what SIGHUP and file changes read again. A
+        # rollback serves kept copies (inst.cfg.path stays this same path).
+        self.source = inst.cfg.path
+        self.history = versions.History(inst.cfg.history_size, inst.cfg.state_dir)
+        self._start_fp = version
+        self._watched = self._files_of(inst.cfg)
+        self._rewatch = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
 
     @property
     def cfg(self) -> Config:
@@ -148,23 +188,39 @@ class Supervisor:
     def publish(self, update: PlanUpdate) -> None:
         self._publish(self.inst, update)
 
-    async def start(self, admin: tuple[str, int] | None) -> None:
+    async def start(self, admin: tuple[str, int] | None, watch: bool = True) -> None:
+        fp = self._start_fp or start_version(self.cfg)
+        kept = await asyncio.get_running_loop().run_in_executor(
+            None, self.history.keep_files, self.cfg, fp
+        )
+        self.history.record(versions.entry(fp, "start", "applied", kept=kept))
+        log.info("config_loaded", version=fp.version, trigger="start", kept=kept)
         await self._start_control()
+        if watch and self.source is not None:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
         if admin is not None:
             # Imported only when asked for: aiohttp and prometheus-client add some
             # 16,000 objects that every full garbage collection of a serving
             # process would otherwise walk (a few % of CPU per query at load).
             from .serve.admin import Admin, start_admin
 
+            auth = self.cfg.admin_auth
             app = Admin(
                 explain=self.explain,
                 stats=self.stats,
                 registry=lambda: self.control.registry_view() if self.control else {"services": []},
                 clusters=lambda: self.control.clusters_view() if self.control else {},
                 ready=self.ready,
+                config=self.config_view,
+                history=self.history.view,
+                rollback=self.rollback,
+                reload=lambda: self.reload("api"),
+                token_file=auth.token_file,
+                auth_all=auth.auth == "all",
             )
             self.admin_runner = await start_admin(app, *admin)
-            log.info("admin_listening", admin=f"{admin[0]}:{admin[1]}")
+            log.info("admin_listening", admin=f"{admin[0]}:{admin[1]}", auth=auth.auth,
+                     token=auth.token_file is not None)
 
     def ready(self) -> tuple[bool, str]:
         """``/readyz``: this instance answers correctly. Its zones are loaded (there
@@ -198,7 +254,25 @@ class Supervisor:
     def stats(self) -> dict[str, Any]:
         s = self._stats()
         s["services"] = len(self.control.plans) if self.control else 0
+        cur = self.history.current
+        if cur is not None:
+            s["config_version"] = cur.version
+            s["config_applied"] = cur.unix
+        s["reloads"] = dict(self.history.counts)
+        probe_stats = getattr(self.control, "probe_stats", None)
+        if probe_stats is not None:
+            s["probes"] = probe_stats()
         return s
+
+    def config_view(self) -> dict[str, Any]:
+        """``GET /v1/config``: the version serving now."""
+        cur = self.history.current
+        out: dict[str, Any] = cur.as_dict() if cur is not None else {}
+        out["config_path"] = str(self.source) if self.source is not None else None
+        out["state_dir"] = str(self.cfg.state_dir) if self.cfg.state_dir is not None else None
+        out["watching"] = sorted(str(p) for p in self._watched)
+        out["rollback_to"] = self.history.previous()
+        return out
 
     async def _start_control(self) -> None:
         fed = self.inst.fed
@@ -227,9 +301,12 @@ class Supervisor:
 
         self._sync_task = asyncio.get_running_loop().create_task(first_sync())
 
-    async def reload(self) -> None:
-        """Safe reload: the new config, zones and federation are loaded whole
-        off to the side; on any error the running state stays and is logged.
+    # -- versions: reload, rollback ------------------------------------------------
+
+    async def reload(self, trigger: str = "sighup") -> versions.Entry:
+        """Safe reload of the config file (and the files it names): the new config,
+        zones and federation are loaded whole off to the side; on any error the
+        running state stays, and the attempt is in the history as failed.
 
         Make before break: with other clusters, the new watches list (up to
         ``dns.startup_wait``) while the old instance keeps serving; only then
@@ -238,17 +315,68 @@ class Supervisor:
         sees the new table without them: an NXDOMAIN there would be cached by
         resolvers for the SOA minimum."""
         async with self._reloading:  # one at a time: a second SIGHUP waits for the first
-            await self._reload()
+            return await self._apply(trigger, None)
 
-    async def _reload(self) -> None:
+    async def rollback(self, to: str | None = None) -> versions.Entry:
+        """Apply a kept version again (the one before the current one by default).
+        ``ConfigError`` when there is none such."""
+        async with self._reloading:
+            target = to or self.history.previous()
+            if target is None:
+                raise ConfigError(
+                    "no earlier version to roll back to"
+                    + ("" if self.cfg.state_dir is not None else " (set state_dir to keep them)")
+                )
+            self.history.restore(target)  # fails here, before anything is loaded, on a bad version
+            return await self._apply("rollback", target)
+
+    def _load(self, trigger: str, to: str | None) -> tuple[versions.Fingerprint, Config, Instance | None]:
+        """In a thread: the config and its version; its instance unless unchanged."""
+        if to is not None:
+            cfg, fp = self.history.restore(to)
+        elif self.source is not None:
+            cfg, fp = versions.read_config(self.source)
+        else:  # a config built in code: the same one again
+            cfg, fp = self.cfg, versions.failed_version(None)
+        cur = self.history.current
+        if trigger == "file" and cur is not None and cur.digest == fp.digest:
+            return fp, cfg, None  # a touch, a kubelet resync, an edit undone: nothing to do
+        _, inst = load_aside(cfg)
+        return fp, cfg, inst
+
+    async def _apply(self, trigger: str, to: str | None) -> versions.Entry:
+        loop = asyncio.get_running_loop()
         try:
             # In a thread: this loop (TCP, uvloop UDP, the admin API, the watches) keeps
             # running while a big zone loads.
-            loop = asyncio.get_running_loop()
-            _, new_inst = await loop.run_in_executor(None, reload_aside, self.cfg)
+            fp, new_cfg, new_inst = await loop.run_in_executor(None, self._load, trigger, to)
         except Exception as e:
-            log.error("reload_failed", error=str(e), hint="fix the file and send SIGHUP again")
-            return
+            fp = versions.failed_version(self.source) if to is None else versions.failed_version(None)
+            entry = self.history.record(versions.entry(fp, trigger, "failed", error=str(e)))
+            log.error("reload_failed", version=fp.version, trigger=trigger, error=str(e),
+                      serving=self.history.current.version if self.history.current else None,
+                      hint="fix the file: fedns reloads on its next change (or send SIGHUP)")
+            return entry
+        if new_inst is None:
+            self.history.counts["unchanged"] += 1
+            log.debug("config_unchanged", version=fp.version, trigger=trigger)
+            return versions.entry(fp, trigger, "unchanged")
+        changes = await loop.run_in_executor(None, _summarize, self.inst, new_inst)
+        await self._swap_in(new_inst)
+        kept = await loop.run_in_executor(None, self.history.keep_files, new_cfg, fp)
+        entry = self.history.record(
+            versions.entry(fp, trigger, "applied", changes=changes, kept=kept)
+        )
+        if to is None:
+            files = self._files_of(new_cfg)
+            if files != self._watched:
+                self._watched = files
+                self._rewatch.set()
+        log.info("reloaded", version=fp.version, trigger=trigger, kept=kept,
+                 zones=[z.origin for z in new_inst.cfg.zones], changes=changes)
+        return entry
+
+    async def _swap_in(self, new_inst: Instance) -> None:
         old_fed, old_control = self.inst.fed, self.control
         if old_control is not None and new_inst.fed is not None and old_fed == new_inst.fed:
             # Same clusters: keep the watches, republish what they know into the new table.
@@ -256,33 +384,78 @@ class Supervisor:
             old_control.set_routing(new_inst.fed.routing)
             old_control.republish()
             self._on_synced()
-        else:
-            control = None
-            if new_inst.fed is not None:
-                # Publishes nothing until released (Control.holding), so nothing
-                # reaches the old table from the new watches.
-                control = Control(new_inst.fed, lambda u: self._publish(new_inst, u))
-                await control.start()
-                wait = new_inst.cfg.startup_wait
-                if wait > 0:
-                    await control.registry.wait_synced(wait)
-            if self._sync_task is not None:
-                self._sync_task.cancel()  # a startup sync still pending belongs to the old control
-            self._swap(new_inst)
-            self.control = control
-            if control is not None:
-                control.release()
-            self._on_synced()
-            self.first_sync_over = True
-            if old_control is not None:
-                await old_control.stop()
-        log.info("reloaded", zones=[z.origin for z in new_inst.cfg.zones])
+            return
+        control = None
+        if new_inst.fed is not None:
+            # Publishes nothing until released (Control.holding), so nothing
+            # reaches the old table from the new watches.
+            control = Control(new_inst.fed, lambda u: self._publish(new_inst, u))
+            await control.start()
+            wait = new_inst.cfg.startup_wait
+            if wait > 0:
+                await control.registry.wait_synced(wait)
+        if self._sync_task is not None:
+            self._sync_task.cancel()  # a startup sync still pending belongs to the old control
+        self._swap(new_inst)
+        self.control = control
+        if control is not None:
+            control.release()
+        self._on_synced()
+        self.first_sync_over = True
+        if old_control is not None:
+            await old_control.stop()
 
     def _swap(self, new_inst: Instance) -> None:
         self.inst = new_inst
         self._on_reload(new_inst)
 
+    # -- reload on change ------------------------------------------------------------
+
+    def _files_of(self, cfg: Config) -> frozenset[Path]:
+        if self.source is None:
+            return frozenset()
+        return frozenset([self.source, *(p for _, p in versions.named_files(cfg))])
+
+    async def _watch(self) -> None:
+        """Reload when the config file or a file it names changes (inotify, via watchfiles).
+
+        A Kubernetes ConfigMap volume changes by swapping the ``..data`` symlink
+        in the mounted directory (the files themselves are links through it and
+        never change): an event on ``..data`` there counts as a change of every
+        file. The directories are watched, not the files: an editor or the kubelet
+        replaces a file by renaming a new one over it."""
+        import logging
+
+        from watchfiles import awatch
+
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)  # its per-batch info lines
+        while True:
+            self._rewatch.clear()
+            files = self._watched
+            names = {os.path.abspath(p) for p in files} | {os.path.realpath(p) for p in files}
+            dirs = sorted({os.path.dirname(n) for n in names if os.path.isdir(os.path.dirname(n))})
+
+            def wanted(_change: Any, path: str, names: set[str] = names) -> bool:
+                return path in names or os.path.basename(path) == "..data"
+
+            try:
+                async for _changes in awatch(
+                    *dirs, watch_filter=wanted, step=self.WATCH_STEP_MS,
+                    debounce=self.WATCH_DEBOUNCE_MS, recursive=False, stop_event=self._rewatch,
+                ):
+                    await self.reload("file")
+                    if self._rewatch.is_set():
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a directory gone, inotify limits: SIGHUP still works
+                log.error("config_watch_failed", error=str(e), dirs=dirs,
+                          hint="reload with SIGHUP; fedns retries watching in 5 s")
+                await asyncio.sleep(5)
+
     async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         if self._sync_task is not None:
             self._sync_task.cancel()
         if self.control is not None:
@@ -291,13 +464,26 @@ class Supervisor:
             await self.admin_runner.cleanup()
 
 
+def _summarize(old: Instance, new: Instance) -> dict[str, Any] | None:
+    """What the change moves, in summary (``fedns diff``'s counts); None if it cannot tell."""
+    try:
+        from .diff import summarize
+    except ImportError:
+        return None
+    try:
+        return summarize(old, new)
+    except Exception as e:  # a summary is for the log; it never stops a valid change
+        log.warning("config_diff_failed", error=f"{type(e).__name__}: {e}")
+        return None
+
+
 async def _wait_signals(sup: Supervisor) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    reloading: set[asyncio.Task[None]] = set()
+    reloading: set[asyncio.Task[Any]] = set()
 
     def reload() -> None:
-        t = loop.create_task(sup.reload())
+        t = loop.create_task(sup.reload("sighup"))
         reloading.add(t)
         t.add_done_callback(reloading.discard)
 
@@ -308,7 +494,8 @@ async def _wait_signals(sup: Supervisor) -> None:
 
 
 async def _serve_single(
-    inst: Instance, udp_sock: Any, tcp_sock: Any, admin: tuple[str, int] | None
+    inst: Instance, udp_sock: Any, tcp_sock: Any, admin: tuple[str, int] | None,
+    version: versions.Fingerprint,
 ) -> None:
     rt = Runtime(inst.table, inst.cfg, inst.waiting())
     close = await run_transports(rt, udp_sock, tcp_sock)
@@ -320,7 +507,8 @@ async def _serve_single(
         rt.set_table(new.table, new.cfg, hold=new.waiting())  # released by rt.mark_synced
 
     sup = Supervisor(
-        inst, publish, on_reload, lambda: rt.stats.as_dict() | {"workers": 1}, rt.mark_synced
+        inst, publish, on_reload, lambda: rt.stats.as_dict() | {"workers": 1}, rt.mark_synced,
+        version=version,
     )
     await sup.start(admin)
     await _wait_signals(sup)
@@ -328,7 +516,9 @@ async def _serve_single(
     await sup.stop()
 
 
-async def _serve_parent(inst: Instance, pool: WorkerPool, admin: tuple[str, int] | None) -> int:
+async def _serve_parent(
+    inst: Instance, pool: WorkerPool, admin: tuple[str, int] | None, version: versions.Fingerprint
+) -> int:
     loop = asyncio.get_running_loop()
     pool.listen()
 
@@ -340,10 +530,13 @@ async def _serve_parent(inst: Instance, pool: WorkerPool, admin: tuple[str, int]
 
     def on_reload(new: Instance) -> None:
         pool.cfg = new.cfg
-        pool.send(Reload())
+        # The config the parent validated, not its file read again: the file may have
+        # changed since (and a rollback's is a kept copy).
+        pool.send(Reload(new.cfg))
 
     sup = Supervisor(
-        inst, publish, on_reload, pool.stats, lambda: pool.send(Synced()), pool.alive
+        inst, publish, on_reload, pool.stats, lambda: pool.send(Synced()), pool.alive,
+        version=version,
     )
     await sup.start(admin)
     waiter = loop.create_task(_wait_signals(sup))
@@ -366,6 +559,10 @@ def serve(
     # kill fedns (the default action). One sent then is lost; fedns reads the files
     # it is starting with, and the next SIGHUP reloads.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    admin_is_open(cfg, admin)
+    if cfg.admin_auth.token_file is not None:
+        read_token(cfg.admin_auth.token_file)  # unreadable or empty: refuse now, not at a request
+    version = start_version(cfg)
     inst = load_instance(cfg)
     try:
         udp_mode = resolve_mode(cfg.udp)
@@ -377,7 +574,7 @@ def serve(
         udp_sock, tcp_sock = bind_sockets(host, port, False)
         bound = udp_sock.getsockname()[1]
         log.info("serving", dns=f"{host}:{bound}", zones=zones, workers=1, udp=udp_mode)
-        asyncio.run(_serve_single(inst, udp_sock, tcp_sock, admin))
+        asyncio.run(_serve_single(inst, udp_sock, tcp_sock, admin, version))
         return 0
     # SO_REUSEPORT: every worker binds the same address and the kernel spreads
     # queries over them. A probe bind resolves port 0 and reports errors here,
@@ -388,11 +585,11 @@ def serve(
     # SO_REUSEPORT group unread and swallows its share of the queries.
     probe_u.close()
     probe_t.close()
-    pool = WorkerPool(cfg, host, port, reload_aside)
+    pool = WorkerPool(cfg, host, port, load_aside)
     for _ in range(workers):
         pool.spawn(inst, inst.waiting())
     log.info("serving", dns=f"{host}:{port}", zones=zones, workers=workers, udp=udp_mode)
-    return asyncio.run(_serve_parent(inst, pool, admin))
+    return asyncio.run(_serve_parent(inst, pool, admin, version))
 
 
 def explain_locally(

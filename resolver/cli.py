@@ -1,4 +1,4 @@
-"""The ``fedns`` command: serve, check."""
+"""The ``fedns`` command: serve, check, explain, diff, rollback."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--server", help="admin URL of a running fedns, e.g. http://127.0.0.1:8053")
     e.add_argument("-c", "--config", type=Path, help="without --server: load this config locally")
     e.add_argument("--json", action="store_true", help="print the raw JSON")
+    r = sub.add_parser("rollback", help="re-apply an earlier config version on a running fedns")
+    r.add_argument("--server", required=True, help="admin URL, e.g. http://127.0.0.1:8053")
+    r.add_argument("--to", help="the version (from GET /v1/config/history; default: the one "
+                   "before the current one)")
+    r.add_argument("--token-file", type=Path,
+                   help="file holding the admin token (default: $FEDNS_ADMIN_TOKEN)")
     return p
 
 
@@ -53,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.config)
         if args.cmd == "explain":
             return _explain(args)
+        if args.cmd == "rollback":
+            return _rollback(args)
         return _serve(args)
     except BrokenPipeError:  # `fedns explain ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -105,6 +113,51 @@ def _explain(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, default=str))
     else:
         print(render_explain(data))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    token = os.environ.get("FEDNS_ADMIN_TOKEN", "")
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as e:
+            print(f"fedns rollback: cannot read {args.token_file}: {e.strerror}", file=sys.stderr)
+            return 2
+    url = args.server.rstrip("/") + "/v1/config/rollback"
+    body = json.dumps({"to": args.to} if args.to else {}).encode()
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            d = json.load(resp)
+    except urllib.error.HTTPError as err:
+        raw = err.read().decode(errors="replace")
+        try:
+            d = json.loads(raw)
+        except ValueError:
+            d = {"error": raw.strip() or str(err)}
+        if err.code == 422:  # the version was tried and failed to load: its entry says why
+            print(f"fedns rollback: version {d.get('version')} failed: {d.get('error')}",
+                  file=sys.stderr)
+        else:
+            hint = " (give --token-file or set FEDNS_ADMIN_TOKEN)" if err.code == 401 else ""
+            print(f"fedns rollback: HTTP {err.code}: {d.get('error', d)}{hint}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as err:
+        print(f"fedns rollback: cannot reach {args.server}: {err}; is fedns running with --admin?",
+              file=sys.stderr)
+        return 2
+    print(f"rolled back to {d['version']} at {d['time']} (files kept in state_dir: {d['kept']})")
+    for f in d.get("files", []):
+        print(f"  {f['role']}: {f['path']} sha256:{f['sha256'][:16]}")
     return 0
 
 

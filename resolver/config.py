@@ -78,6 +78,20 @@ class LimitsConfig:
     max_records: int = 1_000_000
 
 
+ADMIN_AUTH = ("writes", "all")  # admin.auth: what the token guards
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAuth:
+    """``admin.token_file`` and ``admin.auth`` (resolver/serve/admin.py)."""
+
+    token_file: Path | None = None  # None: write endpoints are refused (403)
+    auth: str = "writes"  # writes: rollback/reload need the token; all: every endpoint
+
+
+HISTORY_SIZE = 50  # versions kept (``history_size``)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None
@@ -89,6 +103,9 @@ class Config:
     tcp: TcpConfig = TcpConfig()
     zones: tuple[ZoneConfig, ...] = ()
     admin: tuple[str, int] | None = None
+    admin_auth: AdminAuth = AdminAuth()
+    state_dir: Path | None = None  # where versions and their files are kept (None: memory only)
+    history_size: int = HISTORY_SIZE
     identity: str | None = None
     version: str | None = None
     log_level: str = "info"
@@ -303,6 +320,11 @@ class _BoundedLoader(yaml.SafeLoader):
 def load_config(path: Path | None = None) -> Config:
     """Read and validate a config file (the demo config when ``path`` is None)."""
     path = Path(path) if path is not None else DEMO_CONFIG
+    return config_from_dict(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> Any:
+    """The config file's YAML as plain data; ``ConfigError`` (with the line) when unreadable."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -327,7 +349,7 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(f"{path}: nested too deeply to read") from None
     except ValueError as e:  # a value PyYAML cannot build, e.g. an integer of 5,000 digits
         raise ConfigError(f"{path}: a value cannot be read: {e}") from None
-    return config_from_dict(raw, path)
+    return raw
 
 
 def config_from_dict(raw: Any, path: Path | None = None) -> Config:
@@ -337,7 +359,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         top,
         "",
         {"dns", "tcp", "zones", "admin", "server", "log", "federation", "rate_limit", "cookies",
-         "limits"},
+         "limits", "state_dir", "history_size"},
     )
     base = path.parent if path is not None else Path.cwd()
 
@@ -351,7 +373,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         65535,
     )
     workers = r.integer(dns.get("workers", 1), "dns.workers", 1, 64)
-    startup_wait = r.number(dns.get("startup_wait", 5.0), "dns.startup_wait", 0.0, 60.0)
+    startup_wait = r.duration(dns.get("startup_wait", 5.0), "dns.startup_wait", 0.0, 60.0)
     udp = dns.get("udp", "auto")
     if udp not in UDP_MODES:
         raise r.fail(
@@ -402,11 +424,16 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         raise r.fail("zones", "no zones configured; add at least one {origin, file}")
 
     admin = None
-    if top.get("admin") is not None:
-        a = r.mapping(top.get("admin"), "admin")
-        r.known(a, "admin", {"listen"})
-        if "listen" in a:
-            admin = parse_admin(a["listen"], "admin.listen")
+    a = r.mapping(top.get("admin"), "admin")
+    r.known(a, "admin", {"listen", "token_file", "auth"})
+    if "listen" in a:
+        admin = parse_admin(a["listen"], "admin.listen")
+    admin_auth = _admin_auth(r, a, base)
+    state_dir = None
+    if top.get("state_dir") is not None:
+        sd = Path(r.string(top["state_dir"], "state_dir")).expanduser()
+        state_dir = sd if sd.is_absolute() else base / sd
+    history_size = r.integer(top.get("history_size", HISTORY_SIZE), "history_size", 1, 10_000)
 
     s = r.mapping(top.get("server"), "server")
     r.known(s, "server", {"identity", "version"})
@@ -436,6 +463,9 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         tcp=tcp,
         zones=tuple(zones),
         admin=admin,
+        admin_auth=admin_auth,
+        state_dir=state_dir,
+        history_size=history_size,
         identity=identity,
         version=version,
         log_level=level,
@@ -444,6 +474,41 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         cookies=cookies,
         limits=limits,
     )
+
+
+def _admin_auth(r: Reader, a: dict[str, Any], base: Path) -> AdminAuth:
+    auth = a.get("auth", "writes")
+    if auth not in ADMIN_AUTH:
+        raise r.fail(
+            "admin.auth",
+            f"{auth!r} is not one of writes (the token guards rollback and reload), "
+            "all (every endpoint, /healthz, /readyz and /metrics too)",
+        )
+    token_file = None
+    if a.get("token_file") is not None:
+        f = Path(r.string(a["token_file"], "admin.token_file")).expanduser()
+        token_file = f if f.is_absolute() else base / f
+    elif auth == "all":
+        raise r.fail("admin.auth", "all needs admin.token_file (the bearer token every request sends)")
+    return AdminAuth(token_file, auth)
+
+
+def read_token(path: Path) -> str:
+    """The admin bearer token: the file's first line, stripped (a Secret's key, as mounted)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"admin.token_file: cannot read {path}: {e.strerror}") from None
+    try:
+        token = raw.decode("utf-8").strip().splitlines()[0].strip() if raw.strip() else ""
+    except UnicodeDecodeError:
+        raise ConfigError(f"admin.token_file: {path} is not UTF-8 text") from None
+    if len(token) < 16:
+        raise ConfigError(
+            f"admin.token_file: {path} holds {'no' if not token else 'a short'} token; write one "
+            "of at least 16 characters, e.g. `openssl rand -hex 32 > FILE`"
+        )
+    return token
 
 
 def _rate_limit(r: Reader, raw: Any) -> RateLimitConfig | None:

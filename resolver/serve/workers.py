@@ -45,7 +45,7 @@ class Served(Protocol):
         """The zones whose names not published yet are held (answered once synced)."""
 
 
-# Load the config again from its file: the new config and what it serves.
+# Load what a config names (its zone files...): the config and what it serves.
 Load = Callable[[Config], tuple[Config, Served]]
 
 
@@ -66,7 +66,9 @@ class Synced:
 
 @dataclass(frozen=True, slots=True)
 class Reload:
-    """Load the config again; the control process has validated it."""
+    """Serve this config (loaded from its files again); the control process has validated it."""
+
+    cfg: Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +127,12 @@ async def _worker(
             # Loaded in a thread, so this loop keeps serving; the messages after it
             # (what is published into the new table) wait in the pipe till then.
             loop.remove_reader(conn.fileno())
-            reloading.add(loop.create_task(reload()))
+            reloading.add(loop.create_task(reload(msg.cfg)))
 
-    async def reload() -> None:
+    async def reload(cfg: Config) -> None:
         nonlocal current
         try:
-            new_cfg, new = await loop.run_in_executor(None, load, rt.cfg)
+            new_cfg, new = await loop.run_in_executor(None, load, cfg)
             current = new
             # Held until the control process sends Synced after publishing into it.
             rt.set_table(new.table, new_cfg, hold=new.waiting())
