@@ -139,6 +139,10 @@ class Release:
         (c,) = self.pod["containers"]
         return dict(c)
 
+    @property
+    def pod_annotations(self) -> dict[str, Any]:
+        return dict(self.one("Deployment")["spec"]["template"]["metadata"].get("annotations") or {})
+
     def config(self) -> dict[str, Any]:
         return dict(yaml.safe_load(self.one("ConfigMap")["data"]["fedns.yaml"]))
 
@@ -537,6 +541,33 @@ def test_checksum_follows_the_whole_configmap_zone_files_included() -> None:
     assert _checksum({"dns": {"startup_wait": 9}}) != base
 
 
+def test_in_place_reload_does_not_roll_the_pods() -> None:
+    assert "checksum/config" not in render({"configReload": "inPlace"}).pod_annotations
+    assert "checksum/config" in render({}).pod_annotations
+
+
+def test_admin_token_secret_is_made_mounted_and_named_by_the_config(tmp_path: Path) -> None:
+    r = render({})
+    secret = r.one("Secret", "fedns-admin-token")
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) >= 32 and token.isalnum()
+    volumes = {v["name"]: v for v in r.pod["volumes"]}
+    assert volumes["admin-token"]["secret"]["secretName"] == "fedns-admin-token"
+    mount = {m["name"]: m for m in r.container["volumeMounts"]}["admin-token"]
+    assert mount["readOnly"] is True
+    cfg = materialise(r, tmp_path / "pod", {})
+    # The config's relative token_file is the mounted file; state_dir is the emptyDir.
+    assert (cfg.parent / r.config()["admin"]["token_file"]).resolve().read_text() == token
+    state = (cfg.parent / r.config()["state_dir"]).resolve()
+    assert state == (tmp_path / "pod" / "var/lib/fedns").resolve()
+    assert "emptyDir" in volumes["state"]
+    # An existing Secret: nothing made, that one mounted with its key.
+    mine = render({"admin": {"token": {"existingSecret": "ops-token", "key": "bearer"}}})
+    assert not mine.kind("Secret")
+    vol = {v["name"]: v for v in mine.pod["volumes"]}["admin-token"]["secret"]
+    assert vol["secretName"] == "ops-token" and vol["items"] == [{"key": "bearer", "path": "token"}]
+
+
 def test_default_zone_is_the_shipped_demo_zone(releases: dict[str, Release]) -> None:
     """files/ links to zones/ (one copy to keep): what the ConfigMap carries is the demo zone."""
     shipped = (REPO / "zones" / "global.example.test.zone").read_text()
@@ -561,6 +592,11 @@ def materialise(r: Release, root: Path, secrets: Mapping[tuple[str, str], str]) 
     pod, c = r.pod, r.container
     volumes = {v["name"]: v for v in pod["volumes"]}
     maps = {m["metadata"]["name"]: m["data"] for m in r.kind("ConfigMap")}
+    # The Secrets the release creates itself (the admin token), as the kubelet decodes them.
+    made = {
+        (s["metadata"]["name"], k): base64.b64decode(v).decode()
+        for s in r.kind("Secret") for k, v in (s.get("data") or {}).items()
+    }
     for mount in c["volumeMounts"]:
         v = volumes[mount["name"]]
         d = root / mount["mountPath"].lstrip("/")
@@ -569,6 +605,11 @@ def materialise(r: Release, root: Path, secrets: Mapping[tuple[str, str], str]) 
             data = maps[v["configMap"]["name"]]
             for item in v["configMap"].get("items") or [{"key": k, "path": k} for k in data]:
                 (d / item["path"]).write_text(data[item["key"]])
+        if "secret" in v:
+            name = v["secret"]["secretName"]
+            for item in v["secret"]["items"]:
+                key = (name, item["key"])
+                (d / item["path"]).write_text(made[key] if key in made else secrets[key])
         for src in v.get("projected", {}).get("sources", []):
             sec = src["secret"]
             for item in sec["items"]:

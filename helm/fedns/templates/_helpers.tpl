@@ -78,6 +78,11 @@ and the same relative layout works anywhere (the chart's test checks it so).
 */}}
 {{- define "fedns.configDir" -}}/etc/fedns/config{{- end -}}
 {{- define "fedns.kubeconfigDir" -}}/etc/fedns/kubeconfigs{{- end -}}
+{{- define "fedns.adminDir" -}}/etc/fedns/admin{{- end -}}
+{{- define "fedns.stateDir" -}}/var/lib/fedns{{- end -}}
+{{- define "fedns.tokenSecret" -}}
+{{- .Values.admin.token.existingSecret | default (printf "%s-admin-token" (include "fedns.fullname" .)) -}}
+{{- end -}}
 
 {{/* The zone files: ConfigMap key -> master file text. */}}
 {{- define "fedns.zoneFiles" -}}
@@ -104,7 +109,12 @@ and the same relative layout works anywhere (the chart's test checks it so).
 {{- if and $v.service.ipFamilies (eq (first $v.service.ipFamilies) "IPv6") -}}{{- $any = "[::]" -}}{{- end -}}
 {{- $_ := set $dns "listen" (printf "%s:5353" $any) -}}
 {{- $_ := set $dns "workers" $v.workers -}}
-{{- $cfg := dict "dns" $dns "admin" (dict "listen" (printf "%s:%d" $any (int $v.admin.port))) -}}
+{{- $admin := dict "listen" (printf "%s:%d" $any (int $v.admin.port)) "auth" $v.admin.auth -}}
+{{- /* Relative, as every path here: config dir /etc/fedns/config. */ -}}
+{{- $_ := set $admin "token_file" "../admin/token" -}}
+{{- $cfg := dict "dns" $dns "admin" $admin -}}
+{{- $_ := set $cfg "state_dir" "../../../var/lib/fedns" -}}
+{{- $_ := set $cfg "history_size" (int $v.history.size) -}}
 {{- if $v.tcp -}}{{- $_ := set $cfg "tcp" $v.tcp -}}{{- end -}}
 {{- if $v.server -}}{{- $_ := set $cfg "server" $v.server -}}{{- end -}}
 {{- $_ := set $cfg "log" (dict "level" $v.logLevel) -}}
