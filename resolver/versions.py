@@ -197,6 +197,7 @@ class History:
     def _save(self) -> None:
         if self.state_dir is None:
             return
+        tmp = None
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             body = json.dumps({"versions": [e.as_dict() for e in self.entries]}, indent=1)
@@ -204,8 +205,12 @@ class History:
             with os.fdopen(fd, "w") as f:
                 f.write(body + "\n")
             os.replace(tmp, self._file)  # atomic: a crash leaves the old history or the new one
+            tmp = None
             self._prune()
         except OSError as e:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a full disk: leave nothing half written behind
             log.error("history_not_saved", state_dir=str(self.state_dir), error=str(e),
                       hint="check that state_dir is writable; the history stays in memory")
 
@@ -229,6 +234,7 @@ class History:
         dest = self._dir(fp.version)
         if (dest / "manifest.json").is_file():
             return True
+        tmp: Path | None = None
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=self.state_dir, prefix=".version."))
@@ -251,8 +257,11 @@ class History:
             os.replace(tmp, dest)
             return True
         except OSError as e:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             log.error("version_not_kept", version=fp.version, error=str(e),
-                      hint="check that state_dir is writable and has room")
+                      hint="check that state_dir is writable and has room; rollback to it "
+                           "is not possible")
             return False
 
     def restore(self, version: str) -> tuple[Config, Fingerprint]:
