@@ -209,6 +209,7 @@ class Supervisor:
                 explain=self.explain,
                 stats=self.stats,
                 registry=lambda: self.control.registry_view() if self.control else {"services": []},
+                snapshot=lambda: self.control.snapshot() if self.control else {"services": []},
                 clusters=lambda: self.control.clusters_view() if self.control else {},
                 ready=self.ready,
                 config=self.config_view,
@@ -361,17 +362,21 @@ class Supervisor:
             self.history.counts["unchanged"] += 1
             log.debug("config_unchanged", version=fp.version, trigger=trigger)
             return versions.entry(fp, trigger, "unchanged")
-        changes = await loop.run_in_executor(None, _summarize, self.inst, new_inst)
+        old_inst = self.inst
+        snapshot = self.control.snapshot() if self.control is not None else None
         await self._swap_in(new_inst)
         kept = await loop.run_in_executor(None, self.history.keep_files, new_cfg, fp)
-        entry = self.history.record(
-            versions.entry(fp, trigger, "applied", changes=changes, kept=kept)
-        )
+        entry = self.history.record(versions.entry(fp, trigger, "applied", kept=kept))
         if to is None:
             files = self._files_of(new_cfg)
             if files != self._watched:
                 self._watched = files
                 self._rewatch.set()
+        # After the swap: what the change moved is for the log and the history, and
+        # working it out (every name for every client bucket, both sides) takes
+        # seconds for thousands of services; the new answers must not wait for it.
+        changes = await loop.run_in_executor(None, _summarize, old_inst, new_inst, snapshot)
+        entry = self.history.amend(entry, changes)
         log.info("reloaded", version=fp.version, trigger=trigger, kept=kept,
                  zones=[z.origin for z in new_inst.cfg.zones], changes=changes)
         return entry
@@ -464,17 +469,22 @@ class Supervisor:
             await self.admin_runner.cleanup()
 
 
-def _summarize(old: Instance, new: Instance) -> dict[str, Any] | None:
-    """What the change moves, in summary (``fedns diff``'s counts); None if it cannot tell."""
+def _summarize(
+    old: Instance, new: Instance, snapshot: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """What the change moved, in summary (``fedns diff``'s counts and first names),
+    in a thread beside the serving ones (hence the switch interval, as ``load_aside``)."""
+    from .diff import summarize
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, RELOAD_SWITCH_INTERVAL))
     try:
-        from .diff import summarize
-    except ImportError:
-        return None
-    try:
-        return summarize(old, new)
-    except Exception as e:  # a summary is for the log; it never stops a valid change
+        return summarize(old, new, snapshot)
+    except Exception as e:  # a summary is for the log; it never undoes a valid change
         log.warning("config_diff_failed", error=f"{type(e).__name__}: {e}")
         return None
+    finally:
+        sys.setswitchinterval(before)
 
 
 async def _wait_signals(sup: Supervisor) -> None:

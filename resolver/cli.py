@@ -43,6 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--server", help="admin URL of a running fedns, e.g. http://127.0.0.1:8053")
     e.add_argument("-c", "--config", type=Path, help="without --server: load this config locally")
     e.add_argument("--json", action="store_true", help="print the raw JSON")
+    d = sub.add_parser(
+        "diff",
+        help="which answers a config change moves, per client locality, and why "
+        "(exit 0: none, 1: some, 2: error)",
+    )
+    d.add_argument("old", type=Path, metavar="OLD.yaml", help="the config now (e.g. the one serving)")
+    d.add_argument("new", type=Path, metavar="NEW.yaml", help="the config to compare it with")
+    d.add_argument(
+        "--subnets", type=Path, metavar="FILE",
+        help="client subnets to ask for too: one CIDR or address a line, # comments",
+    )
+    d.add_argument(
+        "--server", metavar="ADMIN_URL",
+        help="admin URL of a running fedns: its clusters' services stand for the watched "
+        "clusters of both configs, e.g. http://127.0.0.1:8053",
+    )
+    d.add_argument("--json", action="store_true", help="JSON for CI instead of text")
     r = sub.add_parser("rollback", help="re-apply an earlier config version on a running fedns")
     r.add_argument("--server", required=True, help="admin URL, e.g. http://127.0.0.1:8053")
     r.add_argument("--to", help="the version (from GET /v1/config/history; default: the one "
@@ -59,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.config)
         if args.cmd == "explain":
             return _explain(args)
+        if args.cmd == "diff":
+            return _diff(args)
         if args.cmd == "rollback":
             return _rollback(args)
         return _serve(args)
@@ -161,7 +180,71 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diff(args: argparse.Namespace) -> int:
+    """``fedns diff OLD NEW``: both configs loaded whole, as ``check`` does; the
+    comparison itself is ``resolver.diff``'s."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from . import diff
+    from .app import load_instance
+
+    logs.setup("warning", json=False)  # stdout is the diff; keep logs out of it
+    try:
+        old = load_instance(load_config(args.old))
+        new = load_instance(load_config(args.new))
+        subnets: list[diff.Bucket] = []
+        if args.subnets is not None:
+            try:
+                text = args.subnets.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{args.subnets}: cannot read: {e}") from None
+            subnets = diff.parse_subnets(text, str(args.subnets))
+        snapshot = None
+        if args.server:
+            url = args.server.rstrip("/") + "/v1/registry/snapshot"
+            req = urllib.request.Request(url)
+            token = os.environ.get("FEDNS_ADMIN_TOKEN")
+            if token:  # admin.auth: all guards reads too
+                req.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    snapshot = json.load(r)
+            except urllib.error.HTTPError as err:
+                print(f"fedns diff: {url}: HTTP {err.code}: "
+                      f"{err.read().decode(errors='replace').strip()[:300]}", file=sys.stderr)
+                return 2
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                print(f"fedns diff: cannot read {url}: {err}; is fedns running with --admin?",
+                      file=sys.stderr)
+                return 2
+            if not isinstance(snapshot, dict) or not isinstance(snapshot.get("services"), list):
+                print(f"fedns diff: {url} gave no registry snapshot (a fedns without "
+                      "GET /v1/registry/snapshot?)", file=sys.stderr)
+                return 2
+        report = diff.compare(old, new, subnets, snapshot, (str(args.old), str(args.new)),
+                              args.server)
+    except (ConfigError, ZoneError) as e:
+        print(f"fedns diff: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(diff.render_text(report))
+    return 1 if report.changed else 0
+
+
 def render_explain(d: dict[str, Any]) -> str:
+    import time
+
+    def _ago(t: float | None) -> str:
+        """A unix time as explain shows it: how long ago (or from now)."""
+        if not t:
+            return "-"
+        delta = time.time() - t
+        return f"{delta:.1f} s ago" if delta >= 0 else f"in {-delta:.1f} s"
+
     out = [f"{d['name']} {d['type']}: {d.get('source')}"]
     c = d.get("client") or {}
     out.append(f"client: from {c.get('from')} subnet={c.get('subnet')} region={c.get('region')} zone={c.get('zone')}")
@@ -196,7 +279,9 @@ def _check(path: Path) -> int:
         print(f"fedns check: {e}", file=sys.stderr)
         return 1
     table = inst.table
-    print(f"config {path}: ok")
+    from .versions import read_config
+
+    print(f"config {path}: ok (version {read_config(path)[1].version})")
     fed = inst.fed
     if fed is not None:
         kube = sum(1 for c in fed.clusters if c.source == "kubernetes")

@@ -318,6 +318,18 @@ class History:
         self._save()
         return entry
 
+    def amend(self, entry: Entry, changes: dict[str, Any] | None) -> Entry:
+        """``entry`` (recorded) with what it changed, once that is known."""
+        new = replace(entry, changes=changes)
+        for i in range(len(self.entries) - 1, -1, -1):
+            if self.entries[i] is entry:
+                self.entries[i] = new
+                if self.current is entry:
+                    self.current = new
+                self._save()
+                break
+        return new
+
     def previous(self) -> str | None:
         """The applied version before the current one (what a rollback goes back to)."""
         cur = self.current.version if self.current is not None else None

@@ -202,6 +202,51 @@ class Control:
     def clusters_view(self) -> dict[str, Any]:
         return {name: st.as_dict() for name, st in self.registry.cluster_status().items()}
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the registry holds, as ``federation.services`` entries (the static format
+        of ``config.py``), for ``fedns diff --server``: every published service with its
+        endpoints per cluster, after the cluster's reach and with readiness as the
+        clusters report it (no probe results: the diff's config may probe differently).
+        ``clusters`` says where each cluster's data came from and whether it is current."""
+        services: list[dict[str, Any]] = []
+        for key in sorted(self.registry.keys()):
+            snap = self.registry.snapshot(key)
+            if snap is None:
+                continue
+            # The first cluster's port wins a name, as in plan_from_snapshot.
+            ports: dict[tuple[str, str] | tuple[int, str], dict[str, Any]] = {}
+            annotations: dict[str, str] = {}
+            endpoints: dict[str, list[dict[str, Any]]] = {}
+            for cs in snap.per_cluster:
+                annotations.update(cs.annotations)
+                for p in cs.ports:
+                    pk = (p.name, p.protocol) if p.name else (p.port, p.protocol)
+                    ports.setdefault(pk, {"name": p.name, "port": p.port, "protocol": p.protocol})
+                endpoints[cs.cluster.name] = [
+                    {
+                        "addresses": list(e.addresses),
+                        "ready": e.ready,
+                        "serving": e.serving,
+                        "terminating": e.terminating,
+                        **{f: v for f in ("hostname", "zone", "node") if (v := getattr(e, f))},
+                    }
+                    for e in cs.endpoints
+                ]
+            services.append(
+                {
+                    "namespace": key.namespace,
+                    "name": key.name,
+                    "ports": list(ports.values()),
+                    "annotations": annotations,
+                    "endpoints": endpoints,
+                }
+            )
+        clusters = {
+            name: {"source": st.source, "synced": st.synced, "stale": st.stale}
+            for name, st in self.registry.cluster_status().items()
+        }
+        return {"zone": self.fed.zone, "clusters": clusters, "services": services}
+
     def lagging(self) -> list[dict[str, Any]]:
         """The clusters this instance has no current view of (never listed, or out of
         contact past ``stale_after``) and what that does to answers; empty when all are."""

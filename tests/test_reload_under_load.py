@@ -1,0 +1,269 @@
+"""Ten config changes while a client sends over 5,000 queries a second: none lost, none wrong.
+
+The client paces UDP queries over ten sockets (so the kernel's SO_REUSEPORT
+hash spreads them over every worker), parses every reply with dnspython and
+keeps, per query, when it was sent and what it said. Two things are asked:
+``www`` (A, from a zone file mounted ConfigMap-style, changed by swapping
+``..data``) and ``id.server`` (CH TXT, from the config's ``server.identity``,
+changed by renaming a new file over it, as editors and config tools do).
+Two of the changes are invalid (a YAML syntax error, a zone with a CNAME
+beside other data) and must leave the previous version serving.
+
+Checked: every query answered; every answer one of the values the config
+or zone had at some point up to then, and never older than the previous one;
+each valid change served by every reply sent 1 s after it; each attempt in
+``/v1/config/history`` with its outcome, the failures counted on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.rdataclass
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from servers import LOOPBACK, ServerProcess, free_port, start_fedns
+from test_config_versions import _configmap_write, until
+
+ORIGIN = "load.example.test."
+RATE = 6000  # queries a second, both names together
+SOCKETS = 10
+SPACING = 1.5  # seconds between changes
+VISIBLE_WITHIN = 1.0
+
+
+def zone(v: int, broken: bool = False) -> str:
+    text = (
+        f"$ORIGIN {ORIGIN}\n$TTL 60\n@ IN SOA ns1 hostmaster {v} 3600 600 86400 30\n"
+        f"  IN NS ns1\nns1 IN A 192.0.2.1\nwww IN A 192.0.2.{v}\n"
+    )
+    return text + ("www IN CNAME ns1\n" if broken else "")
+
+
+def config(identity: str, zone_file: Path) -> str:
+    return yaml.safe_dump({
+        "zones": [{"origin": ORIGIN, "file": str(zone_file)}],
+        "server": {"identity": identity},
+        "state_dir": "state",
+    })
+
+
+def write_renamed(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Sent:
+    at: float
+    what: str  # "www" or "id"
+    answer: str | None = None
+    rcode: int | None = None
+
+
+class Load:
+    """A paced UDP client; ``sent[(socket, id)]`` fills in as replies arrive."""
+
+    def __init__(self, addr: tuple[str, int], rate: int) -> None:
+        self.addr, self.rate = addr, rate
+        self.socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(SOCKETS)]
+        for s in self.socks:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            s.connect(addr)
+            s.setblocking(False)
+        self.base = {
+            "www": dns.message.make_query(f"www.{ORIGIN}", "A").to_wire(),
+            "id": dns.message.make_query("id.server.", "TXT", rdclass=dns.rdataclass.CH).to_wire(),
+        }
+        self.sent: dict[tuple[int, int], Sent] = {}
+        self.bad: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def run_sender(self) -> None:
+        n = 0
+        start = time.monotonic()
+        while not self.stop.is_set():
+            due = int((time.monotonic() - start) * self.rate)
+            while n < due:
+                i = n % SOCKETS
+                qid = (n // SOCKETS) & 0xFFFF
+                what = "www" if n % 2 else "id"
+                with self.lock:
+                    self.sent[(i, qid)] = Sent(time.monotonic(), what)
+                # A full send buffer: counted as lost, as it never gets an answer.
+                with contextlib.suppress(BlockingIOError):
+                    self.socks[i].send(qid.to_bytes(2, "big") + self.base[what][2:])
+                n += 1
+            time.sleep(0.0005)
+
+    def run_receiver(self) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        for i, s in enumerate(self.socks):
+            sel.register(s, selectors.EVENT_READ, i)
+        while not self.stop.is_set() or self.outstanding():
+            for key, _ in sel.select(0.2):
+                s, i = key.fileobj, key.data
+                while True:
+                    try:
+                        wire = s.recv(4096)  # type: ignore[union-attr]
+                    except BlockingIOError:
+                        break
+                    self.record(i, wire)
+            if self.stop.is_set() and time.monotonic() > self.drain_until:
+                break
+
+    drain_until = float("inf")
+
+    def record(self, i: int, wire: bytes) -> None:
+        try:
+            m = dns.message.from_wire(wire)
+        except Exception as e:
+            self.bad.append(f"unparsable reply: {e}")
+            return
+        with self.lock:
+            q = self.sent.get((i, m.id))
+        if q is None or q.answer is not None:
+            self.bad.append(f"a reply to no query (socket {i} id {m.id})")
+            return
+        q.rcode = m.rcode()
+        q.answer = ",".join(sorted(rd.to_text() for rrset in m.answer for rd in rrset))
+
+    def outstanding(self) -> int:
+        with self.lock:
+            return sum(1 for q in self.sent.values() if q.answer is None)
+
+
+def scrape(admin: tuple[str, int]) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[s.name + json.dumps(s.labels, sort_keys=True)] = s.value
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ten_changes_under_load(tmp_path: Path, workers: int) -> None:
+    mount = tmp_path / "zone"  # the ConfigMap volume holding the zone file
+    mount.mkdir()
+    _configmap_write(mount, {"www.zone": zone(1)}, 1)
+    cfg = tmp_path / "fedns.yaml"
+    cfg.write_text(config("v1", mount / "www.zone"))
+    admin = (LOOPBACK, free_port())
+    sp: ServerProcess = start_fedns(
+        cfg, tmp_path, workers=workers, extra_args=("--admin", f"{admin[0]}:{admin[1]}")
+    )
+    until(lambda: _up(admin), 10, sp.output)
+    failed_before = scrape(admin).get('fedns_config_reloads_total{"outcome": "failed"}', 0)
+
+    # (what it does, the www and id values it leads to: None for an invalid change)
+    steps: list[tuple[str, Any, tuple[str, str] | None]] = [
+        ("zone v2 (..data)", lambda: _configmap_write(mount, {"www.zone": zone(2)}, 2),
+         ("192.0.2.2", '"v1"')),
+        ("identity v3", lambda: write_renamed(cfg, config("v3", mount / "www.zone")),
+         ("192.0.2.2", '"v3"')),
+        ("invalid YAML", lambda: write_renamed(cfg, "zones: [{origin: " + ORIGIN + ", file: \n"),
+         None),
+        ("identity v4", lambda: write_renamed(cfg, config("v4", mount / "www.zone")),
+         ("192.0.2.2", '"v4"')),
+        ("invalid zone (..data)", lambda: _configmap_write(mount, {"www.zone": zone(5, True)}, 3),
+         None),
+        ("zone v6 (..data)", lambda: _configmap_write(mount, {"www.zone": zone(6)}, 4),
+         ("192.0.2.6", '"v4"')),
+        ("identity v7", lambda: write_renamed(cfg, config("v7", mount / "www.zone")),
+         ("192.0.2.6", '"v7"')),
+        ("zone v8 (..data)", lambda: _configmap_write(mount, {"www.zone": zone(8)}, 5),
+         ("192.0.2.8", '"v7"')),
+        ("identity v9", lambda: write_renamed(cfg, config("v9", mount / "www.zone")),
+         ("192.0.2.8", '"v9"')),
+        ("zone v10 (..data)", lambda: _configmap_write(mount, {"www.zone": zone(10)}, 6),
+         ("192.0.2.10", '"v9"')),
+    ]
+    load = Load(sp.addr, RATE)
+    threads = [threading.Thread(target=load.run_sender), threading.Thread(target=load.run_receiver)]
+    for t in threads:
+        t.start()
+    # (time of the change, the values before it, the values after it)
+    timeline: list[tuple[float, tuple[str, str], tuple[str, str]]] = []
+    current = ("192.0.2.1", '"v1"')
+    try:
+        time.sleep(1.0)
+        for _what, do, after in steps:
+            at = time.monotonic()
+            do()
+            if after is not None:
+                timeline.append((at, current, after))
+                current = after
+            time.sleep(SPACING)
+    finally:
+        load.stop.set()
+        load.drain_until = time.monotonic() + 2.0
+        for t in threads:
+            t.join(30)
+        for s in load.socks:
+            s.close()
+    try:
+        sent = list(load.sent.values())
+        duration = max(q.at for q in sent) - min(q.at for q in sent)
+        assert len(sent) / duration >= 5000, f"only {len(sent) / duration:.0f} queries/s sent"
+        assert not load.bad, load.bad[:5]
+        lost = [q for q in sent if q.answer is None]
+        assert not lost, f"{len(lost)} of {len(sent)} queries got no answer"
+        assert all(q.rcode == 0 for q in sent), "every reply is NOERROR"
+
+        def allowed(q: Sent) -> set[str]:
+            """What a query sent at ``q.at`` may see: the values in force then, and the
+            ones before the last change for VISIBLE_WITHIN after it."""
+            k = 0 if q.what == "www" else 1
+            ok = {("192.0.2.1", '"v1"')[k]}
+            for at, before, after in timeline:
+                if q.at >= at:
+                    ok = {after[k]} if q.at >= at + VISIBLE_WITHIN else {before[k], after[k]}
+            return ok
+
+        wrong = [(round(q.at, 3), q.what, q.answer) for q in sent if q.answer not in allowed(q)]
+        assert not wrong, f"{len(wrong)} wrong answers, first: {wrong[:5]}"
+        # Each valid change did show (every reply after its window says so, checked above).
+        for at, _before, after in timeline:
+            later = [q for q in sent if at + VISIBLE_WITHIN <= q.at]
+            assert later and all(q.answer in after for q in later[:50]), after
+
+        req = urllib.request.Request(f"http://{admin[0]}:{admin[1]}/v1/config/history")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            h = json.load(r)["versions"]
+        # Newest first; the start, then one entry per change that altered a file.
+        outcomes = [(e["trigger"], e["outcome"]) for e in reversed(h)]
+        assert outcomes[0] == ("start", "applied")
+        assert outcomes[1:] == [("file", "failed" if a is None else "applied") for _, _, a in steps], (
+            outcomes
+        )
+        errors = [e["error"] for e in reversed(h) if e["outcome"] == "failed"]
+        assert "YAML" in errors[0] and "CNAME" in errors[1], errors
+        failed = scrape(admin)['fedns_config_reloads_total{"outcome": "failed"}']
+        assert failed - failed_before == 2
+    finally:
+        sp.stop()
+
+
+def _up(admin: tuple[str, int]) -> bool:
+    try:
+        urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/healthz", timeout=1).close()
+    except OSError:
+        return False
+    return True
