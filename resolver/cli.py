@@ -254,12 +254,31 @@ def render_explain(d: dict[str, Any]) -> str:
     if "policy" in d:
         p = d["policy"]
         out.append(f"policy: {p['kind']} ttl={p['ttl']} max_answers={p['max_answers']} fail_open={p['fail_open']}")
+    t = d.get("ttl_now")
+    if t:
+        when = (f"answer changed {_ago(t['answer_changed'])}, until {_ago(t['unstable_until'])}"
+                if t["unstable"] else "stable")
+        pol = d.get("policy") or {}
+        out.append(f"ttl: {t['served']} ({when}; ttl_unstable={pol.get('ttl_unstable')} "
+                   f"flap_window={pol.get('flap_window')})")
+    pr = d.get("probe")
+    if pr:
+        spec = pr.get("settings")
+        what = "off" if spec is None else " ".join(
+            f"{k}={v}" for k, v in spec.items() if v not in (None, "")
+        )
+        out.append(f"probe: {what} (from {pr['source']}{': ' + pr['key'] if pr.get('key') else ''})")
+    for problem in d.get("problems", []):
+        out.append(f"problem: {problem}")
     for cand in d.get("candidates", []):
         mark = "*" if cand["chosen"] else " "
         out.append(
             f" {mark} {cand['cluster']}/{cand['endpoint']} {','.join(cand['addresses'])} "
             f"[{cand['region']}/{cand['zone']}] {cand['health']}"
         )
+        for i in cand.get("inputs", []):
+            since = f" since {_ago(i['since'])}" if i.get("since") else ""
+            out.append(f"      {i['input']}: {i['value']}{since} ({i['reason']})")
     for step in d.get("steps", []):
         out.append(f"  - {step}")
     out.append(f"scope: {d.get('scope')} (depends on {d.get('depends_on')})")

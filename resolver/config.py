@@ -228,13 +228,14 @@ class Reader:
     def duration(self, v: Any, key: str, lo: float, hi: float) -> float:
         """Seconds, from ``15s``, ``500ms``, ``2m``, ``1h`` (as Kubernetes and CoreDNS
         write them) or a plain number of seconds."""
+        forms = "a number of seconds, or one with ms, s, m or h: 250ms, 2s, 1m, 1h"
         if isinstance(v, str):
             m = _DURATION.fullmatch(v.strip())
             if m is None:
-                raise self.fail(key, f"{v!r} is not a duration; write e.g. 500ms, 15s, 2m or 1h")
+                raise self.fail(key, f"{v!r} is not a duration; write {forms}")
             v = float(m.group(1)) * _UNITS[m.group(2)]
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.fail(key, f"expected a duration such as 15s, got {v!r}")
+            raise self.fail(key, f"expected a duration ({forms}), got {v!r}")
         if not lo <= v <= hi:
             raise self.fail(key, f"{v:g} s is out of range {lo:g}-{hi:g} s")
         return float(v)

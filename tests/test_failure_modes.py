@@ -439,7 +439,7 @@ def test_a_clusters_endpoints_all_failing_probes_fail_over_then_fail_open(tmp_pa
             f.wait(strict, frozenset({"127.2.0.1"}))
             healthy, why = health_of(f, api)["east"]
             assert not healthy and "probe down" in why and "tcp error" in why, why
-            flips = [e for e in f.events("probe_flip") if "127.1.0.1" in e["target"]]
+            flips = [e for e in f.events("health_flip") if "127.1.0.1" in e["target"]]
             assert flips and flips[-1]["healthy"] is False, flips
             west.down()
             # Nothing passes: fail-open answers with every endpoint rather than none ...

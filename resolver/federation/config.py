@@ -6,7 +6,7 @@
       zone: global.example.test.
       clusters:
         - {name: east, region: us-east, zone: us-east-1a, kubeconfig: east.kubeconfig,
-           context: east, reach: pod, stale_after: 30, stale_policy: serve, weight: 100}
+           context: east, reach: pod, stale_after: 30s, stale_policy: serve, weight: 100}
         - {name: west, region: us-west, zone: us-west-1a}     # no kubeconfig: static
       export: {mode: all | selector | serviceexport, selector: "k=v,...",
                namespaces: {allow: [...], deny: [...]}}
@@ -18,17 +18,21 @@
           endpoints:
             west: [{addresses: [127.2.0.1], ready: true, hostname: cart-0, zone: us-west-1a}]
 
-      defaults: {policy: locality, ttl: 10, max_answers: 8, min_healthy_fraction: 0.0, fail_open: true}
+      defaults: {policy: locality, ttl: 10, max_answers: 8, min_healthy_fraction: 0.0, fail_open: true,
+                 flap_window: 60s, ttl_unstable: 5s}                 # health-aware TTL
       policies:
         shop/cart: {policy: failover, failover: [east, west]}
         shop/ads: {policy: weighted, weights: {east: 3, west: 1}}
+        shop/web: {policy: locality, probe: {probe: http, port: 8080, path: /healthz}}
       localities: [{cidr: 10.1.0.0/16, region: us-east, zone: us-east-1a}, ...]
       regions: [{name: us-east, lat: 39.0, lon: -77.5, prefer: [us-west]}, ...]
-      health: {probe: tcp, port: 443, interval: 0.5, timeout: 0.4, rise: 2, fall: 2}
+      health: {probe: tcp, port: 443, interval: 500ms, timeout: 400ms, rise: 2, fall: 2}
+      probes: {concurrency: 256}                              # probes in flight, at most
 
 The whole section is parsed at load, routing included (``Routing``), so
 ``fedns check`` reports every error. Errors are ``ConfigError`` naming the file
-and key path (``federation.clusters[1].reach``).
+and key path (``federation.clusters[1].reach``). Durations (``stale_after``, probe
+``interval``/``timeout``, ``flap_window``, ``ttl_unstable``) go through ``Reader.duration``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any, Literal
 
 from ..config import Config, ConfigError, Reader, absolute_name
 from . import locality
-from .health import ProbeSpec, parse_probe
+from .health import DEFAULT_CONCURRENCY, ProbeSpec, parse_probe, probe_settings
 from .locality import Locator
 from .model import (
     REACH_MODES,
@@ -57,7 +61,9 @@ from .model import (
 from .policy import Policy, policy_fields, with_fields
 
 ExportMode = Literal["all", "selector", "serviceexport"]
-ROUTING_KEYS = frozenset({"localities", "regions", "policies", "defaults", "mmdb", "health"})
+ROUTING_KEYS = frozenset(
+    {"localities", "regions", "policies", "defaults", "mmdb", "health", "probes"}
+)
 _FED_KEYS = {"zone", "clusters", "export", "services"} | ROUTING_KEYS
 _CLUSTER_KEYS = {
     "name",
@@ -289,7 +295,7 @@ def _cluster(r: Reader, raw: Any, key: str, base: Path) -> Cluster:
         raise r.fail(
             f"{key}.gateway", f"only used with reach: gateway (this cluster has reach: {reach})"
         )
-    stale_after = r.number(c.get("stale_after", 30.0), f"{key}.stale_after", 0.05, 86400)
+    stale_after = r.duration(c.get("stale_after", 30.0), f"{key}.stale_after", 0.05, 86400)
     policy = c.get("stale_policy", "serve")
     if policy not in STALE_POLICIES:
         raise r.fail(f"{key}.stale_policy", f"{policy!r} is not one of {', '.join(STALE_POLICIES)}")
@@ -507,6 +513,9 @@ class Routing:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     locator: Locator = field(default_factory=Locator)
     probe: ProbeSpec | None = None  # default active probe for every federated service
+    # ``federation.policies.<ns/name>.probe``, for the entries that give one (None: none)
+    probes: dict[str, ProbeSpec | None] = field(default_factory=dict)
+    concurrency: int = DEFAULT_CONCURRENCY  # ``federation.probes.concurrency``
 
 
 def parse_routing(
@@ -520,17 +529,27 @@ def parse_routing(
         policy_fields(raw.get("defaults") or {}, "federation.defaults", r, clusters),
     )
     overrides: dict[str, dict[str, Any]] = {}
+    probes: dict[str, ProbeSpec | None] = {}
+    base = path.parent if path is not None else None
     pol = raw.get("policies") or {}
     if not isinstance(pol, dict):
         raise r.fail("federation.policies", "expected a mapping of 'namespace/name' to settings")
     for svc, settings in pol.items():
         if not isinstance(svc, str) or svc.count("/") != 1:
             raise r.fail(f"federation.policies.{svc}", "key must be 'namespace/name'")
-        overrides[svc.lower()] = policy_fields(
-            settings, f"federation.policies.{svc}", r, clusters
+        key = svc.lower()
+        overrides[key] = policy_fields(
+            settings, f"federation.policies.{svc}", r, clusters, also=frozenset({"probe"})
         )
-    probe = parse_probe(raw.get("health"), "federation.health", r)
-    return Routing(defaults, overrides, build_locator(raw, path), probe)
+        if "probe" in settings:
+            where = f"federation.policies.{svc}.probe"
+            raw_probe = settings["probe"]
+            if raw_probe is None:
+                raise r.fail(where, "empty; write none, or a mapping like {probe: http, port: 8080}")
+            probes[key] = parse_probe(raw_probe, where, r, base)
+    probe = parse_probe(raw.get("health"), "federation.health", r, base)
+    concurrency = probe_settings(raw.get("probes"), r)
+    return Routing(defaults, overrides, build_locator(raw, path), probe, probes, concurrency)
 
 
 def build_locator(raw: dict[str, Any], path: Path | None) -> Locator:

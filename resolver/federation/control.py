@@ -12,24 +12,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from ..config import NO_FILE, ConfigError
 from .config import FederationConfig, Routing
-from .health import Prober, ProbeSpec, Target, parse_probe
-from .model import FederatedService, ServiceKey
-from .plan import PlanId, PlanUpdate, ServicePlan, plan_from_snapshot
-from .policy import Candidate
+from .health import Prober, Target, target
+from .model import ServiceKey
+from .plan import (
+    PlanId,
+    PlanUpdate,
+    ServicePlan,
+    choose_probe,
+    merged_annotations,
+    plan_from_snapshot,
+)
+from .policy import Candidate, ProbeView
 from .registry import Registry
 from .sources import build_sources
 
 log = structlog.get_logger("fedns.control")
 
 Publish = Callable[[PlanUpdate], None]
+_Seen = tuple[bool, float, str, float, bool, float]
 
 
 class Control:
@@ -40,19 +47,32 @@ class Control:
         self.publish = publish
         self.registry = registry if registry is not None else Registry.from_config(fed)
         self.plans: dict[ServiceKey, ServicePlan] = {}
-        self._since: dict[tuple[ServiceKey, str, str], tuple[bool, float]] = {}
-        self.set_routing(fed.routing)
+        # Per service and endpoint (cluster, name), when each health input last
+        # changed as this instance saw it: (healthy, since, condition, ready_since,
+        # stale, stale_since); see _stamp.
+        self._seen: dict[ServiceKey, dict[tuple[str, str], _Seen]] = {}
+        # Per service: its answer set, when it last changed, and whether it had
+        # endpoints (the health-aware TTL, _stability); and the timer that ends
+        # its flap window.
+        self._answers: dict[ServiceKey, tuple[int, float, bool]] = {}
+        self._settle: dict[ServiceKey, tuple[float, asyncio.TimerHandle]] = {}
+        self._flipped: set[ServiceKey] = set()
+        self._flip_handle: asyncio.Handle | None = None
+        self._endpoints: dict[ServiceKey, dict[str, list[int]]] = {}  # for probe_stats
         self.prober: Prober | None = None
-        self._targets: dict[ServiceKey, dict[Target, ProbeSpec]] = {}
+        self.set_routing(fed.routing)
         self.holding = True  # see release()
         self._held: set[ServiceKey] = set()
         self._task: asyncio.Task[None] | None = None
         self._unsub: Callable[[], None] | None = None
 
     def set_routing(self, routing: Routing) -> None:
-        """Policies and the default probe (a reload that keeps the clusters); call
-        ``republish`` after it."""
+        """Policies and probes (a reload that keeps the clusters); call ``republish``
+        after it."""
         self.defaults, self.overrides, self.probe = routing.defaults, routing.overrides, routing.probe
+        self.probes, self.concurrency = routing.probes, routing.concurrency
+        if self.prober is not None:
+            self.prober.set_concurrency(routing.concurrency)
 
     def republish(self) -> None:
         """Plan every service again and publish all of it (into a new table)."""
@@ -61,12 +81,18 @@ class Control:
 
     async def start(self) -> None:
         self._unsub = self.registry.subscribe(self.on_change)
-        self.prober = Prober(self._on_probe_flip)
+        self.prober = Prober(self._on_probe_flip, self.concurrency)
         self._task = asyncio.create_task(self.registry.run(build_sources(self.fed)), name="fedns-registry")
 
     async def stop(self) -> None:
         if self._unsub is not None:
             self._unsub()
+        for _, handle in self._settle.values():
+            handle.cancel()
+        self._settle.clear()
+        if self._flip_handle is not None:
+            self._flip_handle.cancel()
+            self._flip_handle = None
         if self.prober is not None:
             await self.prober.close()
         if self._task is not None:
@@ -77,57 +103,121 @@ class Control:
 
     def plan(self, key: ServiceKey) -> ServicePlan | None:
         snap = self.registry.snapshot(key)
+        prober = self.prober
         if snap is None:
-            for k in [k for k in self._since if k[0] == key]:
-                del self._since[k]
-            self._targets.pop(key, None)
+            self._seen.pop(key, None)
+            self._answers.pop(key, None)
+            settle = self._settle.pop(key, None)
+            if settle is not None:
+                settle[1].cancel()
+            if prober is not None:
+                prober.assign(key, frozenset())
             return None
-        override = self.overrides.get(f"{key.namespace}/{key.name}")
-        spec, problem = self._probe_spec(snap)
+        name = f"{key.namespace}/{key.name}".lower()
+        override = self.overrides.get(name)
+        choice, problem = choose_probe(merged_annotations(snap), name, self.probes, self.probe)
+        spec = choice.spec
+        wanted: set[Target] = set()
         health = None
-        wanted: dict[Target, ProbeSpec] = {}
         if spec is not None:
             ports = [p.port for cs in snap.per_cluster for p in cs.ports]
             port = spec.port if spec.port is not None else (ports[0] if ports else None)
             if port is not None:
-                prober = self.prober
+                resolved = target("", spec, port).spec  # the port filled in, once per plan
 
-                def health(_cluster: str, address: str) -> tuple[bool, str, float] | None:
-                    t = Target(address, port, spec.kind, spec.path)
-                    wanted[t] = spec
-                    return prober.result(t) if prober is not None else None
+                def health(_cluster: str, address: str) -> ProbeView | None:
+                    t = Target(address, resolved)
+                    wanted.add(t)
+                    return prober.state(t).view() if prober is not None else None
 
-        plan = plan_from_snapshot(self.fed.zone, snap, self.defaults, override, health)
-        self._targets[key] = wanted
+        plan = plan_from_snapshot(self.fed.zone, snap, self.defaults, override, health, choice)
+        if prober is not None:
+            prober.assign(key, frozenset(wanted))
         if problem:
             plan = replace(plan, problems=(*plan.problems, problem))
-        return replace(plan, candidates=tuple(self._stamp(key, c) for c in plan.candidates))
+        now = time.time()
+        seen = self._seen.get(key, {})
+        fresh: dict[tuple[str, str], _Seen] = {}
+        plan = replace(plan, candidates=tuple(self._stamp(seen, fresh, c, now) for c in plan.candidates))
+        self._seen[key] = fresh
+        return self._stability(key, plan, now)
 
-    def _probe_spec(self, snap: FederatedService) -> tuple[ProbeSpec | None, str]:
-        """The service's probe: ``fedns.io/probe`` annotation, else ``federation.health``."""
-        for cs in snap.per_cluster:
-            raw = cs.annotations.get("fedns.io/probe")
-            if raw is not None:
-                try:
-                    return parse_probe(raw, "annotation", NO_FILE), ""
-                except ConfigError as e:
-                    return self.probe, f"fedns.io/probe={raw!r} ignored: {str(e).removeprefix('annotation')}"
-        return self.probe, ""
+    @staticmethod
+    def _stamp(
+        seen: dict[tuple[str, str], _Seen], fresh: dict[tuple[str, str], _Seen], c: Candidate,
+        now: float,
+    ) -> Candidate:
+        """When each of this endpoint's health inputs (and its effective health) last
+        changed, as this instance saw it (for explain)."""
+        k = (c.cluster, c.name)
+        prev = seen.get(k)
+        if prev is None:
+            cur = (c.healthy, now, c.condition, now, c.stale, now)
+        else:
+            h, hs, cond, rs, st, ss = prev
+            cur = (
+                c.healthy,
+                hs if h == c.healthy else now,
+                c.condition,
+                rs if cond == c.condition else now,
+                c.stale,
+                ss if st == c.stale else now,
+            )
+        fresh[k] = cur
+        return replace(c, since=cur[1], ready_since=cur[3], stale_since=cur[5])
 
-    def _on_probe_flip(self, targets: set[Target]) -> None:
-        keys = frozenset(k for k, ts in self._targets.items() if targets & ts.keys())
+    def _stability(self, key: ServiceKey, plan: ServicePlan, now: float) -> ServicePlan:
+        """Health-aware TTL: a service whose answer set changed within the last
+        ``flap_window`` is served with ``ttl_unstable`` until the window ends (a timer
+        plans it again then). The first endpoints a new service gets are not a change."""
+        pol = plan.policy
+        healthy = [c for c in plan.candidates if c.healthy]
+        shown = healthy or (list(plan.candidates) if pol.fail_open else [])
+        # Its hash stands for the set: one int kept per service, not a set of tuples.
+        answer = hash(frozenset((c.cluster, c.name, c.v4, c.v6) for c in shown))
+        prev = self._answers.get(key)
+        changed = 0.0
+        if prev is not None:
+            old, changed, had = prev
+            if answer != old and had:
+                changed = now
+        self._answers[key] = (answer, changed, bool(plan.candidates))
+        if not changed:
+            return plan
+        until = changed + pol.flap_window
+        if until <= now:
+            return replace(plan, changed=changed)
+        armed = self._settle.get(key)
+        if armed is None or armed[0] != until:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # planned without a loop (fedns diff): nothing to end
+                pass
+            else:
+                if armed is not None:
+                    armed[1].cancel()
+                # A little after the window, so the plan made then is past it.
+                handle = loop.call_later(until - now + 0.01, self._settled, key)
+                self._settle[key] = (until, handle)
+        return replace(plan, changed=changed, unstable_until=until)
+
+    def _settled(self, key: ServiceKey) -> None:
+        self._settle.pop(key, None)
+        self.on_change(frozenset({key}))
+
+    def _on_probe_flip(self, owners: set[Hashable]) -> None:
+        """Plan the flipped target's services again, once per loop iteration however
+        many targets flipped in it."""
+        self._flipped.update(k for k in owners if isinstance(k, ServiceKey))
+        if self._flip_handle is None:
+            self._flip_handle = asyncio.get_running_loop().call_soon(self._replan_flipped)
+
+    def _replan_flipped(self) -> None:
+        self._flip_handle = None
+        keys = frozenset(self._flipped)
+        self._flipped.clear()
         if keys:
             self.on_change(keys)
-
-    def _stamp(self, key: ServiceKey, c: Candidate) -> Candidate:
-        """When this endpoint's health last changed, as this instance saw it (for explain)."""
-        k = (key, c.cluster, c.name)
-        now = time.time()
-        prev = self._since.get(k)
-        if prev is None or prev[0] != c.healthy:
-            prev = (c.healthy, now)
-            self._since[k] = prev
-        return replace(c, since=prev[1])
 
     def release(self) -> None:
         """Stop holding: publish everything the registry knows, then follow changes.
@@ -152,6 +242,7 @@ class Control:
             plan = self.plan(key)
             old = self.plans.get(key)
             if plan is None:
+                self._endpoints.pop(key, None)
                 if old is not None:
                     removed.append(old.ident)
                     del self.plans[key]
@@ -163,12 +254,29 @@ class Control:
                     log.warning("annotation_ignored", service=str(key), problem=problem)
             self.plans[key] = plan
             plans.append(plan)
-        if self.prober is not None:
-            self.prober.set_targets({t: sp for ts in self._targets.values() for t, sp in ts.items()})
+            counts: dict[str, list[int]] = {}
+            for c in plan.candidates:
+                counts.setdefault(c.cluster, [0, 0])[0 if c.healthy else 1] += 1
+            self._endpoints[key] = counts
         if plans or removed:
             self.publish(PlanUpdate(tuple(plans), tuple(removed)))
 
     # -- views for the admin API --------------------------------------------------
+
+    def probe_stats(self) -> dict[str, Any]:
+        """Probe and endpoint counters for ``/metrics``: results by outcome, the latency
+        histogram (cumulative ``[le, count]`` buckets, the last ``+Inf``), targets
+        probed, health flips by direction, and each cluster's healthy and unhealthy
+        service endpoints (effective health, as published)."""
+        out = self.prober.stats() if self.prober is not None else Prober.empty_stats()
+        endpoints = {c.name: {"healthy": 0, "unhealthy": 0} for c in self.fed.clusters}
+        for counts in self._endpoints.values():
+            for cluster, (up, down) in counts.items():
+                e = endpoints.setdefault(cluster, {"healthy": 0, "unhealthy": 0})
+                e["healthy"] += up
+                e["unhealthy"] += down
+        out["endpoints"] = endpoints
+        return out
 
     def registry_view(self) -> dict[str, Any]:
         out: dict[str, Any] = {"zone": self.fed.zone, "services": []}
@@ -181,6 +289,8 @@ class Control:
                     "fqdn": p.base,
                     "policy": p.policy.kind,
                     "ttl": p.policy.ttl,
+                    "ttl_served": p.ttl,
+                    "probe": p.probe.describe(),
                     "ports": [f"{x.name}/{x.protocol}:{x.port}" for x in p.ports],
                     "problems": list(p.problems),
                     "endpoints": [

@@ -22,6 +22,7 @@ from ..dns.answers import Table
 from ..dns.ecs import ClientSubnet
 from ..dns.entries import Entry
 from .locality import Locator
+from .policy import Candidate
 from .router import Router
 
 _AXFR, _IXFR, _OPT = 252, 251, 41
@@ -139,7 +140,19 @@ def explain(table: Table, locator: Locator, name: str, qtype_text: str | None,
             "fail_open": plan.policy.fail_open,
             "failover": list(plan.policy.failover),
             "weights": dict(plan.policy.weights),
+            "flap_window": plan.policy.flap_window,
+            "ttl_unstable": plan.policy.unstable_ttl,
         }
+        # Health-aware TTL: what is served now, and why.
+        out["ttl_now"] = {
+            "served": plan.ttl,
+            "normal": plan.policy.ttl,
+            "unstable": bool(plan.unstable_until),
+            "answer_changed": plan.changed or None,
+            "unstable_until": plan.unstable_until or None,
+        }
+        out["probe"] = plan.probe.describe()
+        out["problems"] = list(plan.problems)
         out["locality"] = router.locator.describe(subnet, source)
         out["scope"] = scope
         out["depends_on"] = d.depends_on
@@ -153,6 +166,7 @@ def explain(table: Table, locator: Locator, name: str, qtype_text: str | None,
                 "healthy": c.healthy,
                 "health": c.health_reason,
                 "since": c.since,
+                "inputs": health_inputs(c, plan.probe.spec is not None),
                 "chosen": c in d.chosen,
             }
             for c in plan.candidates
@@ -189,6 +203,40 @@ def explain(table: Table, locator: Locator, name: str, qtype_text: str | None,
             return out
         entry = found
     _render(out, _reply_bytes(entry, wire_name, qtype))
+    return out
+
+
+def health_inputs(c: Candidate, probed: bool) -> list[dict[str, Any]]:
+    """The inputs of a candidate's effective health (ready AND probe up AND its
+    cluster kept), each with its value, whether it passes, since when, and why."""
+    ready = c.condition == "ready"
+    out: list[dict[str, Any]] = [
+        {
+            "input": "ready",
+            "value": c.condition,
+            "ok": ready,
+            "since": c.ready_since,
+            "reason": "its ready condition (EndpointSlice; the config for a static cluster)",
+        }
+    ]
+    pv = c.probe
+    if pv is not None:
+        out.append({"input": "probe", "value": "up" if pv.up else "down", "ok": pv.up,
+                    "since": pv.since, "reason": pv.reason})
+    else:
+        why = "no probe for this service" if not probed else "no probe target (no port)"
+        out.append({"input": "probe", "value": "off", "ok": True, "since": None, "reason": why})
+    out.append(
+        {
+            "input": "cluster",
+            "value": "stale" if c.stale else "live",
+            "ok": True,
+            "since": c.stale_since,
+            "reason": "no contact past stale_after; stale_policy serve keeps its last-known "
+            "endpoints" if c.stale else "its data is current (stale_policy drop would leave "
+            "a stale cluster out)",
+        }
+    )
     return out
 
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import NO_FILE, ConfigError
+from .health import ProbeSpec, parse_probe
 from .model import FederatedService
-from .policy import Candidate, Policy, policy_fields, with_fields
+from .policy import Candidate, Policy, ProbeView, policy_fields, with_fields
 
 _LABEL_OK = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+PROBE_ANNOTATION = "fedns.io/probe"  # read by choose_probe, not as a policy key
 
 # (zone, namespace, name): a plan's identity, what a removal names.
 PlanId = tuple[str, str, str]
@@ -28,6 +30,30 @@ class PlanPort:
     name: str
     port: int
     protocol: str  # "tcp" / "udp" / "sctp", lowercase as in SRV labels
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeChoice:
+    """Which probe a service has, and where it came from, for explain.
+
+    ``source``: ``annotation`` (the Service's ``fedns.io/probe``), ``policies`` (its
+    ``federation.policies`` entry), ``health`` (``federation.health``), or ``""``
+    when none of them gives one. ``spec`` None: not probed (``probe: none`` at that
+    level, or nothing configured)."""
+
+    spec: ProbeSpec | None
+    source: str
+    key: str  # the annotation or config key it was read from
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "source": self.source or "none",
+            "key": self.key,
+            "settings": self.spec.describe() if self.spec is not None else None,
+        }
+
+
+NO_PROBE = ProbeChoice(None, "", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +68,17 @@ class ServicePlan:
     candidates: tuple[Candidate, ...]
     clusters: tuple[str, ...]
     problems: tuple[str, ...] = ()  # annotation values that were ignored, for explain/logs
+    probe: ProbeChoice = NO_PROBE
+    # Health-aware TTL (set by the control side): when the answer set last changed
+    # (unix time; 0: not since this instance first saw the service), and until when
+    # the service is unstable (0: stable), served with ``policy.unstable_ttl``.
+    changed: float = 0.0
+    unstable_until: float = 0.0
+
+    @property
+    def ttl(self) -> int:
+        """The TTL served now: the unstable one inside the flap window, else the policy's."""
+        return self.policy.unstable_ttl if self.unstable_until else self.policy.ttl
 
     @property
     def base(self) -> str:
@@ -94,7 +131,7 @@ def policy_from(
     policy = with_fields(base, dict(override or {}))
     problems: list[str] = []
     for k, v in annotations.items():
-        if not k.startswith("fedns.io/"):
+        if not k.startswith("fedns.io/") or k == PROBE_ANNOTATION:
             continue
         field_name = k.removeprefix("fedns.io/").replace("-", "_")
         try:
@@ -104,17 +141,61 @@ def policy_from(
     return policy, tuple(problems)
 
 
+def merged_annotations(fs: FederatedService) -> dict[str, str]:
+    """A service's ``fedns.io/`` annotations over its clusters: a later cluster (in
+    ``federation.clusters`` order) overrides an earlier one's value for a key."""
+    out: dict[str, str] = {}
+    for cs in fs.per_cluster:
+        out.update(cs.annotations)
+    return out
+
+
+def choose_probe(
+    annotations: Mapping[str, str],
+    service: str,
+    configured: Mapping[str, ProbeSpec | None],
+    default: ProbeSpec | None,
+) -> tuple[ProbeChoice, str]:
+    """The probe of ``service`` (``namespace/name``), by precedence: the
+    ``fedns.io/probe`` annotation, then its ``federation.policies`` entry's ``probe``
+    (``configured``: the entries that give one; None there is ``probe: none``),
+    then ``federation.health`` (``default``).
+
+    Returns the choice and a problem ("" when none): a bad annotation is ignored
+    (the next level applies) and reported, never raised."""
+    problem = ""
+    raw = annotations.get(PROBE_ANNOTATION)
+    if raw is not None:
+        try:
+            spec = parse_probe(raw, "annotation", NO_FILE)
+            return ProbeChoice(spec, "annotation", PROBE_ANNOTATION), ""
+        except ConfigError as e:
+            why = str(e).removeprefix("annotation.").removeprefix("annotation: ")
+            problem = f"{PROBE_ANNOTATION}={raw!r} ignored: {why}"
+    if service in configured:
+        where = f"federation.policies.{service}.probe"
+        return ProbeChoice(configured[service], "policies", where), problem
+    if default is not None:
+        return ProbeChoice(default, "health", "federation.health"), problem
+    return NO_PROBE, problem
+
+
+Health = Callable[[str, str], ProbeView | tuple[bool, str, float] | None]
+
+
 def plan_from_snapshot(
     zone: str,
     fs: FederatedService,
     defaults: Policy,
     override: Mapping[str, Any] | None = None,
-    health: Callable[[str, str], tuple[bool, str, float] | None] | None = None,
+    health: Health | None = None,
+    probe: ProbeChoice = NO_PROBE,
 ) -> ServicePlan:
     """A ``ServicePlan`` from a registry ``FederatedService`` snapshot.
 
     ``health(cluster, address)`` may overrule readiness with an active probe
-    result: (healthy, reason, since), or None when the endpoint is not probed.
+    result: a ``ProbeView`` (or ``(healthy, reason, since)``), or None when the
+    endpoint is not probed. ``probe``: which probe that is, for explain.
     """
     annotations: dict[str, str] = {}
     ports: dict[tuple[str, str], PlanPort] = {}
@@ -133,13 +214,18 @@ def plan_from_snapshot(
             if not v4 and not v6:
                 continue
             healthy = bool(ep.ready)
-            reason = "ready" if ep.ready else ("terminating" if ep.terminating else "not ready")
+            condition = "ready" if ep.ready else ("terminating" if ep.terminating else "not ready")
+            reason = condition
             since = 0.0
+            view: ProbeView | None = None
             if health is not None:
-                probe = health(cl.name, (v4 + v6)[0])
-                if probe is not None and healthy:
-                    healthy, since = probe[0], probe[2]
-                    reason = f"ready; probe {'up' if healthy else 'down'}: {probe[1]}"
+                result = health(cl.name, (v4 + v6)[0])
+                if isinstance(result, tuple):
+                    result = ProbeView(result[0], result[2], result[1])
+                view = result
+                if view is not None and healthy:
+                    healthy, since = view.up, view.since
+                    reason = f"ready; probe {'up' if healthy else 'down'}: {view.reason}"
             if cs.stale:
                 reason += " (cluster stale: last-known data)"
             cands.append(
@@ -154,6 +240,9 @@ def plan_from_snapshot(
                     health_reason=reason,
                     weight=cl.weight,
                     since=since,
+                    condition=condition,
+                    probe=view,
+                    stale=cs.stale,
                 )
             )
     policy, problems = policy_from(defaults, annotations, override)
@@ -166,6 +255,7 @@ def plan_from_snapshot(
         candidates=tuple(_unique_names(cands)),
         clusters=tuple(clusters),
         problems=problems,
+        probe=probe,
     )
 
 

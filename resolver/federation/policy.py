@@ -20,6 +20,7 @@ When nothing is healthy anywhere, ``fail_open`` answers with every endpoint
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Callable, Collection, Sequence
@@ -41,6 +42,16 @@ class Policy:
     max_answers: int = 8
     fail_open: bool = True
     ttl: int = 10
+    # Health-aware TTL: a name whose answer set changed within the last
+    # ``flap_window`` seconds is served with ``ttl_unstable`` (None: the smaller
+    # of 5 s and ``ttl``), so resolvers come back soon while it is unstable.
+    flap_window: float = 60.0
+    ttl_unstable: int | None = None
+
+    @property
+    def unstable_ttl(self) -> int:
+        """The TTL while unstable: never above the normal one."""
+        return min(self.ttl, 5 if self.ttl_unstable is None else self.ttl_unstable)
 
     def weight_of(self, cluster: str, default: int) -> int:
         for c, w in self.weights:
@@ -50,8 +61,25 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeView:
+    """A probe target's state as a plan carries it: up or down, since when, and why
+    (the result that flipped it, or its initial state). One object per target and
+    state, shared by every candidate probed there."""
+
+    up: bool
+    since: float  # unix time
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
-    """One endpoint as routing sees it."""
+    """One endpoint as routing sees it.
+
+    ``healthy`` is the effective health: Kubernetes ready (``condition``) AND the
+    probe up (``probe``, None when not probed) AND its cluster kept by the stale
+    policy (a cluster whose policy drops it has no candidates at all; ``stale``
+    marks last-known data kept by ``serve``). Each input carries when it last
+    changed as this instance saw it (unix time; 0 = unknown)."""
 
     cluster: str
     region: str
@@ -62,7 +90,12 @@ class Candidate:
     healthy: bool
     health_reason: str  # e.g. "ready", "not ready", "cluster stale", "probe failed"
     weight: int = 100  # the cluster's weight
-    since: float = 0.0  # when the health input last changed (unix time; 0 = unknown)
+    since: float = 0.0  # when the effective health last changed
+    condition: str = "ready"  # "ready", "not ready" or "terminating"
+    ready_since: float = 0.0
+    probe: ProbeView | None = None
+    stale: bool = False
+    stale_since: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,11 +263,27 @@ def _known_cluster(r: Reader, key: str, name: str, clusters: Collection[str] | N
         known = ", ".join(sorted(clusters)) or "none"
         raise r.fail(key, f"unknown cluster {name!r}; federation.clusters names: {known}")
 
-_POLICY_KEYS = {"policy", "failover", "weights", "min_healthy_fraction", "max_answers", "fail_open", "ttl"}
+POLICY_KEYS = frozenset(
+    {
+        "policy",
+        "failover",
+        "weights",
+        "min_healthy_fraction",
+        "max_answers",
+        "fail_open",
+        "ttl",
+        "flap_window",
+        "ttl_unstable",
+    }
+)
 
 
 def policy_fields(
-    raw: Any, where: str, r: Reader = NO_FILE, clusters: Collection[str] | None = None
+    raw: Any,
+    where: str,
+    r: Reader = NO_FILE,
+    clusters: Collection[str] | None = None,
+    also: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Validate one policy mapping (config or annotations) into ``Policy`` fields.
 
@@ -242,10 +291,11 @@ def policy_fields(
     under ``where``; ``NO_FILE`` for annotations, whose callers catch it.
     With ``clusters`` (the config's), a ``failover`` or ``weights`` entry naming
     another cluster is an error: it would silently never match an endpoint.
+    ``also``: keys the caller reads itself (a ``federation.policies`` entry's ``probe``).
     """
     if not isinstance(raw, dict):
         raise r.fail(where, "expected a mapping of policy settings")
-    r.known(raw, where, _POLICY_KEYS)
+    r.known(raw, where, set(POLICY_KEYS | also))
     out: dict[str, Any] = {}
     if "policy" in raw:
         kind = str(raw["policy"])
@@ -278,12 +328,16 @@ def policy_fields(
             _known_cluster(r, f"{where}.weights.{k}", str(k).lower(), clusters)
         out["weights"] = tuple((str(k).lower(), int(w)) for k, w in v.items())
     for name, conv, lo, hi in (
-        ("ttl", int, 0, 86400),
         ("max_answers", int, 1, 64),
         ("min_healthy_fraction", float, 0.0, 1.0),
     ):
         if name in raw:
             out[name] = bounded(raw[name], f"{where}.{name}", conv, lo, hi, r)
+    for name, lo, hi in (("ttl", 0, 86400), ("ttl_unstable", 0, 86400)):
+        if name in raw:
+            out[name] = int(seconds(raw[name], f"{where}.{name}", lo, hi, r, whole=True))
+    if "flap_window" in raw:
+        out["flap_window"] = seconds(raw["flap_window"], f"{where}.flap_window", 0, 86400, r)
     if "fail_open" in raw:
         v = raw["fail_open"]
         if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
@@ -308,6 +362,21 @@ def bounded(
         raise r.fail(key, f"{value!r} is not a number") from None
     if not lo <= v <= hi:
         raise r.fail(key, f"{v} is out of range {lo}-{hi}")
+    return v
+
+
+def seconds(
+    value: Any, key: str, lo: float, hi: float, r: Reader = NO_FILE, whole: bool = False
+) -> float:
+    """A duration key, read by ``Reader.duration`` (``250ms``, ``2s``, ``1m``, ``1h``
+    or a number of seconds); annotations are strings, so ``"30"`` is 30 s too.
+    ``whole``: a TTL, which DNS carries in whole seconds."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    v = r.duration(value, key, lo, hi)
+    if whole and v != int(v):
+        raise r.fail(key, f"{v:g} s is not a whole number of seconds (DNS TTLs are)")
     return v
 
 

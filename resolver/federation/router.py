@@ -66,7 +66,7 @@ def _srv_rrset(owner: str, plan: ServicePlan, port: PlanPort, decision: Decision
             records.append(SRV(priority=prio * 10, weight=share, port=port.port, target=target))
     if not records:
         return None
-    return RRset(DNSLabel(owner), T_SRV, plan.policy.ttl, tuple(records))
+    return RRset(DNSLabel(owner), T_SRV, plan.ttl, tuple(records))
 
 
 def srv_owner(plan: ServicePlan, port: PlanPort) -> str:
@@ -110,7 +110,7 @@ def static_records(plan: ServicePlan) -> dict[bytes, Lazy]:
     name and the zone's NODATA logic see; the Router replaces A/AAAA/SRV per client.
     All are ``Lazy`` (compact until asked for; without records the name does not exist).
     """
-    ttl = plan.policy.ttl
+    ttl = plan.ttl  # the unstable TTL inside a flap window
     out: dict[bytes, Lazy] = {}
     healthy = [c for c in plan.candidates if c.healthy] or list(plan.candidates)
     out[key_of(plan.base)] = _addresses(healthy, ttl)
@@ -253,7 +253,7 @@ class Router:
             owner = srv_owner(self.plan, self.port)
             rrset = None if d.empty else _srv_rrset(owner, self.plan, self.port, d)
         else:
-            chosen = _addresses(d.chosen, self.plan.policy.ttl)
+            chosen = _addresses(d.chosen, self.plan.ttl)
             rrset = None if d.empty else chosen.rrsets(key_of(owner)).get(qtype)
         result = (self.build(rrset, qtype), d.depends_on)
         if len(self._cache) > 4096:  # subnet buckets are unbounded; keep memory flat
