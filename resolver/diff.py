@@ -423,7 +423,7 @@ def build_side(label: str, loaded: Loaded, snapshot: Mapping[str, Any] | None = 
             if plan is None:
                 continue
             side.plans[key] = plan
-            side.probes[key] = _probe_of(cfg, key, registry)
+            side.probes[key] = _probe_of(plan)
     finally:
         registry.close()
     Publisher(table, fed.routing.locator).apply(PlanUpdate(tuple(side.plans.values())))
@@ -435,22 +435,12 @@ def build_side(label: str, loaded: Loaded, snapshot: Mapping[str, Any] | None = 
     return side
 
 
-def _probe_of(cfg: Config, key: ServiceKey, registry: Registry) -> tuple[str, Any]:
-    """What chooses the service's active probe, by precedence (as ``Control.plan``
-    does): its ``fedns.io/probe`` annotation, its ``federation.policies`` entry's
-    ``probe``, ``federation.health``; as written, since a probe's effect on answers
-    is not known here anyway."""
-    snap = registry.snapshot(key)
-    annotations: dict[str, str] = {}
-    for cs in snap.per_cluster if snap is not None else ():
-        annotations.update(cs.annotations)  # a later cluster's value wins
-    if "fedns.io/probe" in annotations:
-        return ("fedns.io/probe", annotations["fedns.io/probe"])
-    fed = cfg.federation
-    for name, settings in (fed.get("policies") or {}).items():
-        if str(name).lower() == str(key) and isinstance(settings, dict) and "probe" in settings:
-            return (f"federation.policies.{name}.probe", settings["probe"])
-    return ("federation.health", fed.get("health"))
+def _probe_of(plan: ServicePlan) -> tuple[str, Any]:
+    """The probe the plan chose (annotation, ``federation.policies`` entry, then
+    ``federation.health``, as ``Control`` chooses it; a bad annotation already
+    skipped): where it came from, and its settings as explain shows them."""
+    choice = plan.probe
+    return (choice.key or "none", choice.spec.describe() if choice.spec is not None else None)
 
 
 def with_snapshot(

@@ -145,7 +145,7 @@ and the same relative layout works anywhere (the chart's test checks it so).
 {{- $_ := set $export "namespaces" $ns -}}
 {{- end -}}
 {{- $fed := dict "zone" $f.zone "clusters" $clusters "export" $export -}}
-{{- range $key := list "localities" "regions" "defaults" "policies" "health" "services" -}}
+{{- range $key := list "localities" "regions" "defaults" "policies" "health" "probes" "services" -}}
 {{- if index $f $key -}}{{- $_ := set $fed $key (index $f $key) -}}{{- end -}}
 {{- end -}}
 {{- $_ := set $cfg "federation" $fed -}}
