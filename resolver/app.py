@@ -372,13 +372,14 @@ class Supervisor:
             if files != self._watched:
                 self._watched = files
                 self._rewatch.set()
+        log.info("reloaded", version=fp.version, trigger=trigger, kept=kept,
+                 zones=[z.origin for z in new_inst.cfg.zones])
         # After the swap: what the change moved is for the log and the history, and
         # working it out (every name for every client bucket, both sides) takes
         # seconds for thousands of services; the new answers must not wait for it.
         changes = await loop.run_in_executor(None, _summarize, old_inst, new_inst, snapshot)
         entry = self.history.amend(entry, changes)
-        log.info("reloaded", version=fp.version, trigger=trigger, kept=kept,
-                 zones=[z.origin for z in new_inst.cfg.zones], changes=changes)
+        log.info("reload_changes", version=fp.version, changes=changes)
         return entry
 
     async def _swap_in(self, new_inst: Instance) -> None:

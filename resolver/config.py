@@ -109,6 +109,7 @@ class Config:
     identity: str | None = None
     version: str | None = None
     log_level: str = "info"
+    query_sample: float = 0.0  # log.query_sample: the share of queries logged (0 off, 1 all)
     federation: dict[str, Any] = field(default_factory=dict)
     rate_limit: RateLimitConfig | None = None  # None: off
     cookies: CookieConfig | None = None
@@ -445,10 +446,11 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
             raise r.fail(f"server.{k}", "expected a string, or omit it to stay silent")
 
     lg = r.mapping(top.get("log"), "log")
-    r.known(lg, "log", {"level"})
+    r.known(lg, "log", {"level", "query_sample"})
     level = str(lg.get("level", "info")).lower()
     if level not in {"debug", "info", "warning", "error"}:
         raise r.fail("log.level", f"{level!r} is not one of debug, info, warning, error")
+    query_sample = r.number(lg.get("query_sample", 0), "log.query_sample", 0.0, 1.0)
 
     rate_limit = _rate_limit(r, top.get("rate_limit"))
     cookies = _cookies(r, top.get("cookies"), base)
@@ -470,6 +472,7 @@ def config_from_dict(raw: Any, path: Path | None = None) -> Config:
         identity=identity,
         version=version,
         log_level=level,
+        query_sample=query_sample,
         federation=fed,
         rate_limit=rate_limit,
         cookies=cookies,

@@ -21,6 +21,24 @@ def setup(level: str = "info", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line (print() writes the newline apart): the workers share
+        # stderr, and two lines written at once must not end up on one.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def query_logger() -> structlog.typing.FilteringBoundLogger:
+    """The query log's logger (``log.query_sample``): at info whatever ``log.level``,
+    since the sample rate is what turns it on; formatted as every other line, less
+    the steps a query event never needs (context variables, exceptions), which
+    are a fifth of its cost."""
+    skip = (structlog.contextvars.merge_contextvars, structlog.processors.format_exc_info)
+    processors = [p for p in structlog.get_config()["processors"] if p not in skip]
+    logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
+        None,
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=True,
+    )
+    return logger

@@ -32,14 +32,20 @@ than the registry itself.
 
 Every transport (the mmsg thread, uvloop UDP, TCP) makes the one call
 ``Table.respond(data, tcp, addr)``.
+
+Replies are counted here, for ``/metrics`` (``Counts``): by transport, question
+type and RCODE, one list item bumped where the fast path knows the type anyway
+(the general path reads it from the reply); a reply sent from a cache is counted
+by its cache entry, whose hits are added up when the cache is emptied
+(``Counts.fold``) or the counters are read (``Counts.tally``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any
 
 from dnslib import DNSLabel
 
@@ -132,12 +138,45 @@ class _Subnet:
 _Edns = tuple[int, int, bytes | None, _Subnet | None, bytes]
 
 
-class _Below(NamedTuple):
+@dataclass(slots=True)
+class _Below:
     """UDP replies for names that do not exist, below one existing parent (``Table.below``)."""
 
     head: bytes  # the reply's flags and counts
     parent: int  # the parent name's length: where the question's name must end
     bodies: dict[int, bytes]  # per length of the new first label: all after the question
+    index: int  # its place in ``Counts.answers`` (UDP, the question's type, the RCODE)
+    hits: int = 0  # replies sent from it
+
+
+# One reply of ``Table.replies``: [the reply less its ID, its place in
+# ``Counts.answers``, how many times it was sent from there]. A list: bumping an
+# item costs less than an attribute of an instance, and it is made per remembered
+# reply without a Python ``__init__``.
+_Reply = list[Any]
+
+# Question types that ``fedns_responses_total`` names; every other type is "other".
+# Replies are counted by the table, in ``Counts.answers``, at an index made of
+# whether a router's memo answered (+512), the transport (TCP: +256), the type's
+# slot (shifted by 4) and the RCODE (the header's 4 bits): one list item bumped
+# per reply, where the type is known anyway.
+COUNTED_TYPES = ("A", "AAAA", "SRV", "TXT", "NS", "SOA", "CNAME", "MX", "PTR", "HTTPS",
+                 "SVCB", "ANY", "other")
+_TYPE_CODES = (1, 28, 33, 16, 2, 6, 5, 15, 12, 65, 64, 255)
+ANSWER_SLOTS = 1024  # len(Counts.answers)
+TCP_BASE, ROUTED_BASE = 256, 512
+
+
+def _slot_table(base: int) -> list[list[int]]:
+    """qtype -> [its index for each RCODE], for every 16-bit type: two list subscripts
+    (which the interpreter specializes) and no int made per query."""
+    rows = [[base + (t << 4) + r for r in range(16)] for t in range(len(COUNTED_TYPES))]
+    other = rows[-1]
+    return [rows[_TYPE_CODES.index(t)] if t in _TYPE_CODES else other for t in range(65536)]
+
+
+_SLOTS, _SLOTS_TCP = _slot_table(0), _slot_table(TCP_BASE)
+_ROUTED, _ROUTED_TCP = _slot_table(ROUTED_BASE), _slot_table(ROUTED_BASE + TCP_BASE)
 
 
 # A reply's COOKIE option: code, length, client cookie (8), server cookie (16).
@@ -158,6 +197,72 @@ class Counts:
     rrl_dropped: int = 0  # ... not sent
     rrl_logged: int = 0  # ... sent anyway (log_only)
     rrl_exempt: int = 0  # ... sent anyway: the query had a valid server cookie
+    # Replies by transport, question type and RCODE (``answer_index``), except those
+    # sent from the reply caches: their entries count those (``_Reply``, ``_Below``)
+    # until they are emptied, then ``fold`` adds them to ``folded``.
+    answers: list[int] = field(default_factory=lambda: [0] * ANSWER_SLOTS)
+    # Federated answers routed afresh (then remembered in ``Router.memo``); those found
+    # there are the answers counted at ROUTED_BASE and up less these.
+    memo_misses: int = 0
+    rebuilt: int = 0  # names whose answers ``publish`` compiled again
+    # The hits of cache entries emptied since: written by ``fold`` only, which runs
+    # where the caches are emptied (under the serving side's lock, or in the one
+    # thread that uses them), never beside the query path's increments.
+    folded: list[int] = field(default_factory=lambda: [0] * ANSWER_SLOTS)
+    folded_reply_hits: int = 0
+    folded_below_hits: int = 0
+
+    def fold(self, replies: Mapping[bytes, _Reply], below: Mapping[bytes, _Below]) -> None:
+        """Keep the hits of cache entries about to be dropped."""
+        folded = self.folded
+        n = 0
+        for r in replies.values():
+            if r[2]:
+                folded[r[1]] += r[2]
+                n += r[2]
+        self.folded_reply_hits += n
+        n = 0
+        for b in below.values():
+            if b.hits:
+                folded[b.index] += b.hits
+                n += b.hits
+        self.folded_below_hits += n
+
+    def tally(self, live: tuple[list[_Reply], list[_Below], list[int], list[int], int, int]
+              ) -> dict[str, Any]:
+        """Replies by index and the caches' hits, from ``Table.live`` (taken under the
+        serving side's lock, so no entry is both live there and folded)."""
+        replies, below, answers, folded, reply_hits, below_hits = live
+        total = [a + b for a, b in zip(answers, folded, strict=True)]
+        for r in replies:
+            if r[2]:
+                total[r[1]] += r[2]
+                reply_hits += r[2]
+        for b in below:
+            if b.hits:
+                total[b.index] += b.hits
+                below_hits += b.hits
+        return {"answers": total, "reply_hits": reply_hits, "below_hits": below_hits}
+
+
+def answer_index(reply: bytes, tcp: bool) -> int:
+    """A reply's place in ``Counts.answers``, read from its bytes: for the replies
+    the fast path does not make (errors, the general path). Without a question
+    (a header-only FORMERR or NOTIMP) its type counts as "other"."""
+    row = (_SLOTS_TCP if tcp else _SLOTS)[0x10000 - 1]  # "other" (65535 is no counted type)
+    if reply[5]:
+        n = len(reply)
+        z = 12
+        while z < n and reply[z]:  # the echoed question's labels (never compressed)
+            z += reply[z] + 1
+        if z + 2 < n:
+            row = (_SLOTS_TCP if tcp else _SLOTS)[(reply[z + 1] << 8) | reply[z + 2]]
+    return row[reply[3] & 0x0F]
+
+
+class _Counted(bytes):
+    """A reply that ``respond`` counted already: a query with a DNS cookie is answered
+    by answering the same query without it (``Table._with_cookie``)."""
 
 
 # Names in the tables' keys' (wire) form, 255 octets at most (RFC 1035 3.1): a
@@ -206,7 +311,7 @@ class Table:
         # answers that depend on nothing else (not on the packet's source).
         # Resolvers and clients ask the same few questions over and over (the
         # same case, flags and OPT record), so most queries cost one lookup.
-        self.replies: dict[bytes, bytes] = {}
+        self.replies: dict[bytes, _Reply] = {}
         # By the query's bytes after its ID with the first label cut out, for a
         # name that does not exist whose parent does; the question is echoed
         # from the query.
@@ -221,16 +326,20 @@ class Table:
         self.cookies: Cookies | None = None
         self.limiter: Limiter | None = None
         self.counts = Counts()
+        self._answers = self.counts.answers  # bumped per reply: one attribute lookup fewer
         # What kind of reply the limiter counts, by the query's bytes after its ID
         # (``_kind``), and with it the reply when ``replies`` has it (emptied with
         # ``replies``, so never a reply it does not hold); bounded.
         self._kinds: dict[bytes, Any] = {}
-        self._limited: dict[bytes, tuple[Any, bytes]] = {}
+        self._limited: dict[bytes, tuple[Any, _Reply]] = {}
 
     def guard(self, cookies: Cookies | None, limiter: Limiter | None, counts: Counts) -> None:
         """Answer DNS cookies with ``cookies``, count into ``counts``; ``limiter`` is
         what ``respond_limited`` asks (the transports call that one when it is set)."""
+        if counts is not self.counts:
+            self.empty_caches()  # their counts stay with the counts they were made under
         self.cookies, self.limiter, self.counts = cookies, limiter, counts
+        self._answers = counts.answers
         if limiter is not None:
             self._limiter = limiter  # typed as set: read by respond_limited only
         self._edns_memo.clear()  # what an OPT record asks depends on whether cookies are on
@@ -248,11 +357,8 @@ class Table:
         names with their records now, compact (``Lazy``) or in full; ``routers``: the names whose
         A/AAAA/SRV depend on the client. Returns how many names were rebuilt.
         """
-        self.replies.clear()
-        self.below.clear()
+        self.empty_caches()
         self._kinds.clear()
-        self._limited.clear()
-        self._below_bodies = 0
         by_zone: dict[bytes, dict[bytes, Records | None]] = {}
         for okey, (gone, records) in zones.items():
             zone = self.zones.get(okey)
@@ -313,7 +419,43 @@ class Table:
         self._forget_memos(replaced)
         self._lazy_zones = tuple((z, *self._templates(z)) for z in self.zones.values() if z.lazy)
         self.lazy_names = tuple(z.lazy for z, _, _ in self._lazy_zones)
+        self.counts.rebuilt += rebuilt
         return rebuilt
+
+    def empty_caches(self) -> None:
+        """Empty ``replies`` and ``below``, keeping the counts of what they sent."""
+        if self.replies or self.below:
+            self.counts.fold(self.replies, self.below)
+            self.replies.clear()
+            self.below.clear()
+        self._limited.clear()
+        self._below_bodies = 0
+
+    def live(self) -> tuple[list[_Reply], list[_Below], list[int], list[int], int, int]:
+        """What ``Counts.tally`` adds up: the caches' entries and the counters, copied
+        at once (call it where no reply is being made: under the serving side's lock)."""
+        c = self.counts
+        return (list(self.replies.values()), list(self.below.values()), list(c.answers),
+                list(c.folded), c.folded_reply_hits, c.folded_below_hits)
+
+    def edns_of(self, rr: bytes) -> tuple[bytes | None] | None:
+        """(the ECS option data or None) of an OPT record the fast path remembered;
+        None when it did not: for the query log, which needs no more."""
+        edns = self._edns_memo.get(rr)
+        return (edns[2],) if edns is not None else None
+
+    def cache_of(self, data: bytes) -> bool:
+        """Whether ``respond`` answers this UDP query from ``replies`` or ``below``
+        (for the query log; read before the query is answered)."""
+        if data[2:] in self.replies:
+            return True
+        first = data[12] if len(data) > 12 else 0
+        if not self.below or not 0 < first < 64:
+            return False
+        neg = self.below.get(data[2:12] + data[13 + first :])
+        if neg is None or first not in neg.bodies:
+            return False
+        return data[12 : 13 + first + neg.parent].lower() not in self.nodes
 
     def _templates(self, zone: Zone) -> tuple[Entry, Entry]:
         """The zone's NXDOMAIN and NODATA templates: built once, as its apex (the SOA
@@ -398,14 +540,15 @@ class Table:
         answer or authority records, and no additional record or one OPT
         (version 0) with well-formed options, at most one of them ECS and that
         one valid. Everything else, every error among it, goes to ``general``
-        (each ``return self.general(...)`` below), which builds a ``Query``
+        (each ``return self._slow(...)`` below), which builds a ``Query``
         and gives the same reply for what is handled here, only slower. The
         two are one function rather than two calls: a call is ~10 % of this.
         """
         if not tcp:
             cached = self.replies.get(data[2:])
             if cached is not None:
-                return data[:2] + cached
+                cached[2] += 1
+                return data[:2] + cached[0]
             if self.below:
                 # A new name below one that exists: the reply for any such name of
                 # that first label's length (``_remember_below``), once the name
@@ -420,22 +563,23 @@ class Table:
                     if tail is not None and end <= _LAST_NAME_BYTE + 1:
                         name = data[12:end].lower()
                         if name not in self.nodes and not (self.lazy_names and self._is_compact(name)):
+                            neg.hits += 1
                             return b"".join((data[:2], neg.head, data[12 : end + 4], tail))
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:11] != b"\x00\x01\x00\x00\x00\x00\x00":
             # QR or an opcode set, or not one question and no records.
-            return self.general(data, tcp, addr)
+            return self._slow(data, tcp, addr)
         z = data.find(0, 12)  # where the name ends, if its labels are well formed
         qend = z + 5
         if qend > n or qend <= 12 or data[z + 3] or data[z + 4] != C_IN:
-            return self.general(data, tcp, addr)
+            return self._slow(data, tcp, addr)
         qtype = (data[z + 1] << 8) | data[z + 2]
         if qtype in _NOT_FAST:
-            return self.general(data, tcp, addr)
+            return self._slow(data, tcp, addr)
         ar = data[11]
         if ar == 0:
             if qend != n:
-                return self.general(data, tcp, addr)  # bytes after the question
+                return self._slow(data, tcp, addr)  # bytes after the question
             opt = b""
             limit = 65535 if tcp else MIN_UDP_PAYLOAD
             raw = sub = None
@@ -448,7 +592,7 @@ class Table:
             if edns is None:
                 edns = self._edns(rr)
                 if edns is None:
-                    return self.general(data, tcp, addr)
+                    return self._slow(data, tcp, addr)
                 if len(rr) <= _EDNS_KEY_MAX:
                     if len(self._edns_memo) >= _SUBNETS_MAX:
                         self._edns_memo.clear()
@@ -457,7 +601,7 @@ class Table:
             if tcp:
                 limit = 65535
         else:
-            return self.general(data, tcp, addr)
+            return self._slow(data, tcp, addr)
         nodes = self.nodes
         lname = data[12 : z + 1].lower()
         node = nodes.get(lname)
@@ -483,6 +627,7 @@ class Table:
                 memo = router.memo
                 hit = memo.get(key)
                 if hit is None and router.handles(qtype):
+                    self.counts.memo_misses += 1
                     cs = sub.cs if sub is not None else None
                     e, scope, free = router.route(qtype, cs, addr)
                     if sub is not None:
@@ -505,26 +650,29 @@ class Table:
                 if opts is not None:
                     opt = opts[do]
                 remember = remember and sub is not None and sub.free is True
+                slots = _ROUTED_TCP if tcp else _ROUTED  # memo hits: these less the misses
             else:
                 e = node.exact.get(qtype) or node.answer(qtype)  # an Entry is always true
+                slots = _SLOTS_TCP if tcp else _SLOTS
         else:
             # Not in ``replies``: a random-subdomain flood would only churn them.
             remember = False
+            slots = _SLOTS_TCP if tcp else _SLOTS
             if z > _LAST_NAME_BYTE or self.waiting:
                 # Longer than 255 octets; or maybe a name not synced yet.
-                return self.general(data, tcp, addr)
+                return self._slow(data, tcp, addr)
             # Up to the closest existing ancestor, checking label lengths on the
             # way; the ancestor is a key, hence well formed: so is the whole name.
             k = lname
             while True:
                 if len(k) < 2 or k[0] > 63:
-                    return self.general(data, tcp, addr)  # not in our zones, or malformed
+                    return self._slow(data, tcp, addr)  # not in our zones, or malformed
                 k = k[k[0] + 1 :]
                 node = nodes.get(k)
                 if node is not None:
                     if node.wildcard is not None and self._lazy_zones:
                         # A compact name between it and the question would stop the wildcard.
-                        return self.general(data, tcp, addr)
+                        return self._slow(data, tcp, addr)
                     e = node.answer_below(qtype)
                     # In ``below`` when the parent exists (the answer depends on the
                     # question's length only, not on its first label).
@@ -544,14 +692,17 @@ class Table:
                 opt,
             )
         )
+        i = slots[qtype][e.rcode]
+        self._answers[i] += 1
         if remember:
             replies = self.replies
             if len(replies) >= _REPLIES_MAX:
+                self.counts.fold(replies, {})
                 replies.clear()
                 self._limited.clear()  # holds replies of ``replies`` only
-            replies[data[2:]] = reply[2:]
+            replies[data[2:]] = [reply[2:], i & 0x1FF, 0]  # its hits are no memo's
         elif below:
-            self._remember_below(data, reply, qend)
+            self._remember_below(data, reply, qend, i)
         return reply
 
     def respond_limited(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
@@ -569,8 +720,9 @@ class Table:
         # lookup ``respond`` would make for it, and no call of ``respond``.
         hit = self._limited.get(key)
         if hit is not None:
-            kind, tail = hit
-            reply = data[:2] + tail
+            kind, cached = hit
+            cached[2] += 1
+            reply = data[:2] + cached[0]
         else:
             got = self.respond(data, tcp, addr)
             if not got:
@@ -608,11 +760,11 @@ class Table:
             if len(self._kinds) >= _REPLIES_MAX:
                 self._kinds.clear()
             self._kinds[key] = kind
-        tail = self.replies.get(key)
-        if tail is not None:
+        cached = self.replies.get(key)
+        if cached is not None:
             if len(self._limited) >= _REPLIES_MAX:
                 self._limited.clear()
-            self._limited[key] = (kind, tail)
+            self._limited[key] = (kind, cached)
         return kind
 
     def _over_limit(
@@ -704,16 +856,18 @@ class Table:
         closure cell."""
         return any(name in m for m in self.lazy_names)
 
-    def _remember_below(self, data: bytes, reply: bytes, qend: int) -> None:
+    def _remember_below(self, data: bytes, reply: bytes, qend: int, index: int) -> None:
         first = data[12]
         key = data[2:12] + data[13 + first :]
         if self._below_bodies >= _REPLIES_MAX:
             # Up to 63 bodies per key: bounded by bodies, not keys (~100 bytes each).
+            self.counts.fold({}, self.below)
             self.below.clear()
             self._below_bodies = 0
         hit = self.below.get(key)
         if hit is None:
-            hit = self.below[key] = _Below(reply[2:12], qend - 17 - first, {})  # qend = z + 5
+            # qend = z + 5; the key holds the type, and the parent fixes the RCODE.
+            hit = self.below[key] = _Below(reply[2:12], qend - 17 - first, {}, index)
         if first not in hit.bodies:
             self._below_bodies += 1
         hit.bodies[first] = reply[qend:]
@@ -823,22 +977,33 @@ class Table:
             ):
                 break
         else:
-            return reply  # no OPT record (a header-only error): nowhere for a cookie
+            # No OPT record (a header-only error): nowhere for a cookie.
+            return _Counted(reply)
         opt = b"".join(
             (reply[o : o + 9], (k + len(ours)).to_bytes(2, "big"), reply[o + 11 :], ours)
         )
         if n + len(ours) <= limit:
-            return reply[:o] + opt
+            return _Counted(reply[:o] + opt)
         # Too big with the cookie for a client that allows less than 540 bytes: truncated.
         qd = 1 if reply[5] else 0
-        return b"".join(
-            (
-                reply[:2],
-                bytes((reply[2] | TC, reply[3], 0, qd, 0, 0, 0, 0, 0, 1)),
-                q.question if qd else b"",
-                opt,
+        return _Counted(
+            b"".join(
+                (
+                    reply[:2],
+                    bytes((reply[2] | TC, reply[3], 0, qd, 0, 0, 0, 0, 0, 1)),
+                    q.question if qd else b"",
+                    opt,
+                )
             )
         )
+
+    def _slow(self, data: bytes, tcp: bool, addr: Any) -> bytes | None:
+        """``general`` for ``respond``, with its reply counted (``general`` itself counts
+        nothing: explain calls it too)."""
+        reply = self.general(data, tcp, addr)
+        if reply and type(reply) is not _Counted:
+            self._answers[answer_index(reply, tcp)] += 1
+        return reply
 
     def general(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
         """The reply to any query packet (``respond`` without its fast path), or None."""

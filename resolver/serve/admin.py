@@ -39,96 +39,13 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .metrics import StatsCollector
 
 # explain(name, type, subnet, source): the decision trail; ValueError for bad input.
 Explain = Callable[[str, str | None, str | None, str | None], dict[str, Any]]
 
-RCODES = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
-
 log = structlog.get_logger("fedns.admin")
-
-
-class StatsCollector:
-    """Reads plain counters at scrape time, so the query path never takes a lock."""
-
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
-        self.stats = stats
-
-    def collect(self) -> Any:
-        s = self.stats()
-        q = CounterMetricFamily("fedns_queries", "DNS queries received", labels=["transport"])
-        q.add_metric(["udp"], s.get("udp_queries", 0))
-        q.add_metric(["tcp"], s.get("tcp_queries", 0))
-        yield q
-        r = CounterMetricFamily("fedns_responses", "DNS responses sent by RCODE", labels=["rcode"])
-        for i, n in enumerate(s.get("rcodes", [])):
-            if n or i < len(RCODES):
-                r.add_metric([RCODES[i] if i < len(RCODES) else str(i)], n)
-        yield r
-        yield CounterMetricFamily(
-            "fedns_dropped_queries", "Packets not answered (not a query, or unreadable header)",
-            value=s.get("dropped", 0),
-        )
-        yield CounterMetricFamily(
-            "fedns_internal_errors", "Queries that raised inside fedns (answered SERVFAIL)",
-            value=s.get("errors", 0),
-        )
-        yield CounterMetricFamily(
-            "fedns_udp_send_errors",
-            "UDP replies the kernel refused to send (lost, as on the wire; e.g. full buffers)",
-            value=s.get("udp_send_errors", 0),
-        )
-        yield CounterMetricFamily(
-            "fedns_tcp_connections", "TCP connections accepted", value=s.get("tcp_connections", 0)
-        )
-        yield CounterMetricFamily(
-            "fedns_tcp_refused",
-            "TCP connections reset at the per-source cap or evicted at the total cap",
-            value=s.get("tcp_refused", 0),
-        )
-        # rate_limit and cookies (resolver.serve.runtime.Stats.guard: rrl_*, cookie_*).
-        rrl = CounterMetricFamily(
-            "fedns_rrl_limited_responses",
-            "UDP replies over the rate limit, by what was done: sent truncated (slip), "
-            "BADCOOKIE, dropped, sent anyway (log_only, or a valid server cookie)",
-            labels=["action"],
-        )
-        for action, key in (("slip", "slipped"), ("badcookie", "badcookie"), ("drop", "dropped"),
-                            ("log_only", "logged"), ("valid_cookie", "exempt")):
-            rrl.add_metric([action], s.get(f"rrl_{key}", 0))
-        yield rrl
-        ck = CounterMetricFamily(
-            "fedns_cookie_queries", "Queries with a DNS COOKIE option, by what it held",
-            labels=["cookie"],
-        )
-        for kind in ("client_only", "valid", "invalid", "malformed"):
-            ck.add_metric([kind], s.get(f"cookie_{kind}", 0))
-        yield ck
-        g = GaugeMetricFamily("fedns_federated_services", "Federated services published")
-        g.add_metric([], s.get("services", 0))
-        yield g
-        w = GaugeMetricFamily("fedns_workers", "Serving worker processes reporting")
-        w.add_metric([], s.get("workers", 1))
-        yield w
-        c = GaugeMetricFamily(
-            "fedns_cluster_synced", "1 when the cluster's watch cache has synced", labels=["cluster"]
-        )
-        st = GaugeMetricFamily(
-            "fedns_cluster_stale", "1 when the cluster has been out of contact past its grace",
-            labels=["cluster"],
-        )
-        lc = GaugeMetricFamily(
-            "fedns_cluster_last_contact_seconds", "Unix time of the last successful contact",
-            labels=["cluster"],
-        )
-        for name, info in s.get("clusters", {}).items():
-            c.add_metric([name], 1 if info.get("synced") else 0)
-            st.add_metric([name], 1 if info.get("stale") else 0)
-            lc.add_metric([name], info.get("last_contact") or 0)
-        yield c
-        yield st
-        yield lc
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

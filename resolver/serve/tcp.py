@@ -9,7 +9,7 @@ costs no timer work):
   from ``GRACE`` on at ``min_rate`` bytes/s on average: a client sending a
   byte a second (slowloris), or a length prefix and never the body, is cut
   off at its message's deadline, which later bytes cannot move;
-- once the kernel's send buffer (fixed at ``_SNDBUF``) takes no more of our
+- once the kernel's send buffer (fixed at ``SNDBUF``) takes no more of our
   replies, no more queries are read; replies the peer does not take must
   drain at ``min_rate`` (at least a byte per ``message_timeout`` when it is 0);
 - a connection pipelining many queries gets ``_TURN`` of them answered per turn
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import socket
 import struct
 import time
 from collections import OrderedDict, deque
@@ -53,8 +52,9 @@ _HELD_INFLIGHT = 1  # why reading is paused: max_inflight queries held for the f
 _HELD_WRITE = 2  # the peer does not read our replies,
 _HELD_TURN = 4  # or whole frames read already wait for their turn
 # Bytes the kernel may hold unsent per connection (it doubles this): room for a
-# few maximum-size replies in flight, not the megabytes Linux autotunes to.
-_SNDBUF = 32 * 1024
+# few maximum-size replies in flight, not the megabytes Linux autotunes to. Set
+# on the listening socket (transports.py), which accepted connections inherit it from.
+SNDBUF = 32 * 1024
 _VICTIM_SCAN = 64  # connections looked at for one to evict (the rest are more recent)
 # Frames answered per connection per turn: a connection pipelining thousands
 # waits for its next turn, behind every other one that has frames waiting.
@@ -145,8 +145,9 @@ class Connections:
         return bool(self.ready) or self.budget <= 0
 
     def spend(self, frames: int) -> None:
+        # Renewed only by ``_run`` (at most once an iteration), which is scheduled
+        # once the budget is spent or a connection waits: not a callback per read.
         self.budget -= frames
-        self._schedule()  # the budget is renewed in the next iteration
 
     def queue(self, c: TcpProtocol) -> None:
         """Serve ``c``'s waiting frames in turn; a connection not answered yet goes
@@ -176,7 +177,7 @@ class Connections:
             self._schedule()
 
     def touch(self, c: TcpProtocol) -> None:
-        if c in self.lru:
+        with contextlib.suppress(KeyError):
             self.lru.move_to_end(c)
 
     def drop(self, c: TcpProtocol) -> None:
@@ -201,6 +202,30 @@ class Connections:
 
 class TcpProtocol(asyncio.Protocol):
     """One client connection: RFC 7766 framing and pipelining under the limits above."""
+
+    # One of these per connection: slots make it smaller and quicker to set up.
+    __slots__ = (
+        "alive",
+        "answered",
+        "buf",
+        "conns",
+        "due",
+        "heard",
+        "held",
+        "last",
+        "loop",
+        "msg_bytes",
+        "msg_start",
+        "peer",
+        "pending",
+        "rt",
+        "source",
+        "timer",
+        "transport",
+        "wmark",
+        "written",
+        "wstart",
+    )
 
     def __init__(self, rt: Runtime, conns: Connections) -> None:
         self.rt = rt
@@ -238,12 +263,8 @@ class TcpProtocol(asyncio.Protocol):
         tcp = self.rt.cfg.tcp
         # Once the kernel takes no more of our replies, reading pauses (high=0):
         # no new queries are taken from a peer that does not read, until it does.
-        # A fixed kernel send buffer (Linux would grow it to megabytes) makes
-        # that soon, and bounds what such a peer costs.
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+        # A fixed kernel send buffer (``SNDBUF``, Linux would grow it to
+        # megabytes) makes that soon, and bounds what such a peer costs.
         t.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         self.last = now = self.loop.time()
         self._arm(now + tcp.idle_timeout)
@@ -276,6 +297,18 @@ class TcpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.heard = True
         buf = self.buf
+        n = len(data)
+        if (
+            not buf
+            and n > 2
+            and n == 2 + ((data[0] << 8) | data[1])
+            and not self.held
+            and not self.conns.busy()
+        ):
+            # The usual read: one whole query and nothing else, nothing buffered
+            # before it; answered from ``data`` without going through ``buf``.
+            self._settle(self._one(data[2:]), False, n)
+            return
         partial = bool(buf)
         buf += data
         if self.held:  # read before the pause took effect: kept for its turn
@@ -325,36 +358,62 @@ class TcpProtocol(asyncio.Protocol):
         conns = self.conns
         # A turn's share while others wait; alone, what is left of the budget.
         limit = min(_TURN, conns.budget) if conns.ready else conns.budget
-        done = 0
-        while done < limit and not self.held and len(buf) >= 2:
-            n = (buf[0] << 8) | buf[1]
-            if len(buf) < 2 + n:
-                break
-            msg = bytes(buf[2 : 2 + n])
-            del buf[: 2 + n]
-            done += 1
-            rt.stats.tcp_queries += 1
-            resp = rt.answer(msg, True, self.peer)
-            if resp:
-                out.append(_LEN.pack(len(resp)) + resp)
-            elif resp is not None:
-                # WAIT: this one completes later, out of order (RFC 7766 7); the
-                # queries behind it are answered now.
-                self._defer(msg)
+        done = pos = 0
+        size = len(buf)
+        # Each query copied out once, the buffer cut once per batch (a view
+        # held on it forbids resizing it, so it is released first).
+        with memoryview(buf) as view:
+            while done < limit and not self.held and size - pos >= 2:
+                n = (buf[pos] << 8) | buf[pos + 1]
+                end = pos + 2 + n
+                if end > size:
+                    break
+                msg = bytes(view[pos + 2 : end])
+                pos = end
+                done += 1
+                rt.stats.tcp_queries += 1  # before answering: a timed answer weighs in the count
+                resp = rt.answer(msg, True, self.peer)
+                if resp:
+                    out.append(_LEN.pack(len(resp)))
+                    out.append(resp)
+                elif resp is not None:
+                    # WAIT: this one completes later, out of order (RFC 7766 7); the
+                    # queries behind it are answered now.
+                    self._defer(msg)
+        if pos:
+            del buf[:pos]
         if done:
             self.answered = True
             conns.spend(done)
         t = self.transport
         if out and t is not None:
-            # One write per batch: the length prefix and message go out together.
+            # One write per batch: the length prefixes and messages go out together.
             data = b"".join(out)
             self.written += len(data)
+            # What the kernel does not take calls pause_writing (high=0), which
+            # arms the drain watch: no buffer check here.
             t.write(data)
-            if t.get_write_buffer_size():
-                self._arm(self.loop.time() + GRACE)  # the kernel's buffer is full: watch the drain
         if not self.held and self._whole():
             conns.queue(self)
         return done
+
+    def _one(self, msg: bytes) -> int:
+        """``_drain`` for a read that is exactly one query (the others have no turn
+        waiting, the budget is not spent: ``_drain`` would answer it too)."""
+        rt = self.rt
+        rt.stats.tcp_queries += 1
+        resp = rt.answer(msg, True, self.peer)
+        self.answered = True
+        self.conns.spend(1)
+        if resp:
+            t = self.transport
+            if t is not None:
+                data = _LEN.pack(len(resp)) + resp
+                self.written += len(data)
+                t.write(data)
+        elif resp is not None:
+            self._defer(msg)
+        return 1
 
     def _turn(self) -> None:
         """Its turn (``Connections._run``): the next share of the frames read already."""

@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - not on Linux/macOS: no limit to raise
 import structlog
 
 from .runtime import Runtime
-from .tcp import Connections, TcpProtocol
+from .tcp import SNDBUF, Connections, TcpProtocol
 from .udp import MmsgServer, UdpProtocol, resolve_mode
 
 log = structlog.get_logger("fedns.serve")
@@ -46,6 +46,10 @@ def _tcp_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Accepted connections inherit the listener's send buffer: set once here,
+    # not per connection (tcp.py says why it is fixed).
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
     s.bind((host, port))
     s.listen(LISTEN_BACKLOG)
     s.setblocking(False)

@@ -24,8 +24,11 @@ by the raw ``sockaddr`` (routing reads ``addr[0]``), which is an int read and
 a dict lookup per packet.
 
 The counters in ``Runtime.stats`` stay plain ints: the UDP counts are only
-written here, and an rcode count that TCP (on the loop thread) bumps at the
-same moment may, rarely, lose one increment; they are for monitoring.
+written here (the table counts replies, UDP and TCP at their own indexes),
+and one both threads bump at the same moment may, rarely, lose an increment;
+they are for monitoring. Per batch, not per query: the answer latency (every
+reply of a batch is sent with the batch, so the batch's time is each one's)
+and the query log's pick (``QueryLog``: one comparison per query).
 """
 
 from __future__ import annotations
@@ -242,8 +245,15 @@ class MmsgServer:
         """
         rt = self.rt
         stats = rt.stats
-        rcodes = stats.rcodes
         lock = rt.lock
+        perf_ns = time.perf_counter_ns
+        observe = stats.observe
+        # The query log: ``pick`` is the index in this batch of the next query to log
+        # (beyond the batch, or never, when none is due: one comparison per query).
+        qlog = rt.querylog
+        sampled = rt.sampled_udp
+        version = qlog.version
+        left = qlog.gap()
         recvmmsg, sendmmsg = _libc.recvmmsg, _libc.sendmmsg
         fd = ctypes.c_int(self.sock.fileno())
         rhdrs = self._rhdr_p
@@ -270,9 +280,13 @@ class MmsgServer:
                 if not self.stopping and n < 0 and self._recv_failed(get_errno()):
                     break
                 continue
+            began = perf_ns()
             lens = rlen[at : at + n * step : step].tolist()
             keys = names_q[: n * qstep : qstep].tolist() if v4 else None
             j = 0
+            if qlog.version != version:
+                version, left = qlog.version, qlog.gap()
+            pick = left - 1
             with lock:
                 respond = rt.serve  # the table's respond: swapped whole on reload
                 for i in range(n):
@@ -286,11 +300,14 @@ class MmsgServer:
                     if addr is None:
                         addr = self._addr(key, i)
                     try:
-                        resp = respond(data, False, addr)
+                        if i != pick:
+                            resp = respond(data, False, addr)
+                        else:
+                            pick = i + qlog.gap()
+                            resp = sampled(respond, data, addr)
                     except Exception:  # never let one packet take the thread down
                         resp = rt.failed(data)
                     if resp:
-                        rcodes[resp[3] & 0x0F] += 1
                         # A reply is at most 65,535 bytes (UDP payloads are clamped
                         # lower still), so it fits the slot it reuses.
                         size = len(resp)
@@ -304,11 +321,16 @@ class MmsgServer:
                         stats.dropped += 1
                     else:  # WAIT: the loop answers it once the federation has synced
                         call_soon(defer, data, addr)
+            left = pick - n + 1
             stats.udp_queries += n
             if j:
+                # Every reply of a batch leaves with its last: the batch's time is each one's.
+                observe("udp", perf_ns() - began, j)
                 sent = sendmmsg(fd, shdrs, j, 0)
                 if sent != j:
                     self._send_rest(max(sent, 0), j, get_errno() if sent < 0 else 0)
+            if qlog.pending:
+                qlog.flush()  # after the batch is sent: a log line never delays a reply
 
     def _recv_failed(self, err: int) -> bool:
         """Log a receive error once per kind; True when the socket is gone."""

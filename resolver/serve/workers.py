@@ -85,14 +85,22 @@ Message = Publish | Synced | Reload
 
 
 def _worker_main(
-    cfg: Config, served: Served, load: Load, waiting: tuple[bytes, ...], host: str, port: int, conn: Any
+    cfg: Config,
+    served: Served,
+    load: Load,
+    waiting: tuple[bytes, ...],
+    host: str,
+    port: int,
+    conn: Any,
+    index: int = 1,
 ) -> None:
-    """A serving process: transports plus the pipe from the control process."""
+    """A serving process: transports plus the pipe from the control process.
+    ``index``: which worker (1..N), as its query log lines say."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent coordinates reloads
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     install_uvloop()
     udp_sock, tcp_sock = bind_sockets(host, port, True)
-    asyncio.run(_worker(cfg, served, load, waiting, udp_sock, tcp_sock, conn))
+    asyncio.run(_worker(cfg, served, load, waiting, udp_sock, tcp_sock, conn, index))
 
 
 async def _worker(
@@ -103,8 +111,9 @@ async def _worker(
     udp_sock: socket.socket,
     tcp_sock: socket.socket,
     conn: Any,
+    index: int = 1,
 ) -> None:
-    rt = Runtime(served.table, cfg, waiting)
+    rt = Runtime(served.table, cfg, waiting, worker=index)
     close = await run_transports(rt, udp_sock, tcp_sock)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -188,9 +197,10 @@ class WorkerPool:
         """Fork a worker serving ``served`` (before the parent's event loop exists, or a respawn)."""
         parent_end, child_end = self.ctx.Pipe()
         held = () if self.synced else waiting
+        index = (len(self.procs) if slot is None else slot) + 1
         p = self.ctx.Process(
             target=_worker_main,
-            args=(self.cfg, served, self.load, held, self.host, self.port, child_end),
+            args=(self.cfg, served, self.load, held, self.host, self.port, child_end, index),
             daemon=True,
         )
         p.start()
