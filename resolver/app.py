@@ -470,6 +470,12 @@ class Supervisor:
             await self.admin_runner.cleanup()
 
 
+# Up to these (old + new) each reload is summarized: beyond, the summary would cost
+# seconds to minutes of a core after every reload (``resolver.diff.summarize``).
+SUMMARY_MAX_NAMES = 20_000
+SUMMARY_MAX_SERVICES = 2_000
+
+
 def _summarize(
     old: Instance, new: Instance, snapshot: dict[str, Any] | None
 ) -> dict[str, Any] | None:
@@ -477,6 +483,18 @@ def _summarize(
     in a thread beside the serving ones (hence the switch interval, as ``load_aside``)."""
     from .diff import summarize
 
+    names = sum(len(z.data) for inst in (old, new) for z in inst.table.zones.values())
+    services = sum(len(inst.fed.services) if inst.fed is not None else 0 for inst in (old, new))
+    services += 2 * len((snapshot or {}).get("services", ()))
+    if services > SUMMARY_MAX_SERVICES:
+        return {"skipped": f"{services:,} services on both sides, more than the "
+                           f"{SUMMARY_MAX_SERVICES:,} a reload summary plans; run fedns diff"}
+    if names > SUMMARY_MAX_NAMES:
+        # Each name is asked of both sides per client bucket: a 400,000-record zone
+        # would keep a core busy for minutes after every reload.
+        return {"skipped": f"{names:,} zone names on both sides, more than the "
+                           f"{SUMMARY_MAX_NAMES:,} a reload summary asks; run fedns diff",
+                "services": services}
     before = sys.getswitchinterval()
     sys.setswitchinterval(min(before, RELOAD_SWITCH_INTERVAL))
     try:
