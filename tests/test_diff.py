@@ -395,8 +395,11 @@ def test_a_probe_change_is_a_change_not_evaluated(tmp_path: Path) -> None:
     assert run.rc == 1 and report["changes"] == []
     assert {(u["kind"], u["subject"]) for u in report["not_evaluated"]} == {
         ("probe", k) for k in service_names(doc)}
-    written = json.dumps(doc["federation"]["health"])
-    assert all(written in u["detail"] for u in report["not_evaluated"])
+    # The probe each plan chose, where it came from, and the settings written.
+    for u in report["not_evaluated"]:
+        assert u["detail"].startswith("probe none -> federation.health "), u["detail"]
+        assert all(f'"{k}": {json.dumps(v)}' in u["detail"]
+                   for k, v in doc["federation"]["health"].items()), u["detail"]
 
 
 def test_an_invalid_config_exits_2_with_the_key_path(tmp_path: Path) -> None:
