@@ -114,8 +114,11 @@ def address(c: int, s: int, e: int, endpoints: int) -> str:
 # -- child process: the fake API servers ----------------------------------------------------------
 
 
-def run_fakes(clusters: int, services: int, endpoints: int) -> None:
-    """Fake API servers on their own thread; flips come as JSON lines on stdin."""
+def run_fakes(clusters: int, services: int, endpoints: int, placed: bool = False) -> None:
+    """Fake API servers on their own thread; flips come as JSON lines on stdin.
+
+    ``placed``: every endpoint has a ``zone`` (3 per cluster) and a ``nodeName``
+    (500 nodes per cluster), as the EndpointSlice controller fills them in."""
     import fakekube
     from fakekube import ENDPOINTSLICES, ThreadedFakeKubes, endpoint, endpoint_slice, service
 
@@ -124,7 +127,13 @@ def run_fakes(clusters: int, services: int, endpoints: int) -> None:
     def slice_of(c: int, s: int) -> dict[str, Any]:
         down = unready.get((c, s), set())
         eps = [
-            endpoint(address(c, s, e, endpoints), ready=e not in down, pod=f"svc{s}-{e}")
+            endpoint(
+                address(c, s, e, endpoints),
+                ready=e not in down,
+                pod=f"svc{s}-{e}",
+                zone=f"z-c{c}-{e % 3}" if placed else None,
+                node=f"node-{c}-{(s * endpoints + e) % 500}" if placed else None,
+            )
             for e in range(endpoints)
         ]
         return endpoint_slice(
@@ -245,8 +254,11 @@ class Fakes:
 
 
 @contextlib.contextmanager
-def fake_servers(clusters: int, services: int, endpoints: int) -> Iterator[Fakes]:
+def fake_servers(
+    clusters: int, services: int, endpoints: int, placed: bool = False
+) -> Iterator[Fakes]:
     argv = [sys.executable, __file__, "--fakes", str(clusters), str(services), str(endpoints)]
+    argv += ["--placed"] if placed else []
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -983,9 +995,10 @@ def main() -> int:
     ap.add_argument("--fedns-src", type=Path, help="run fedns from another source tree")
     ap.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     ap.add_argument("--fakes", nargs=3, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--placed", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.fakes:
-        run_fakes(*args.fakes)
+        run_fakes(*args.fakes, placed=args.placed)
         return 0
     if args.quick:
         args.flips, args.scale_flips = 40, 10

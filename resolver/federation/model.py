@@ -5,10 +5,19 @@ EndpointSlice is reduced on arrival to the few fields an answer needs, so a
 registry of 100k endpoints stays small and every snapshot can be shared
 between readers without copying. All types are frozen (hashable, safe to hand
 to another task or pickle to a worker process) and use ``__slots__``.
+
+What is kept per endpoint is what a federation of millions of them pays for
+(benchmarks/scale.py): an ``Endpoint`` of four slots (its three conditions in
+one small int, and its zone, hostname and node in one tuple shared by every
+endpoint on the same node), its address strings exactly as the API server sent
+them when they are canonical (``ip_text``: the plan and the answer table then
+hold the same objects), and a slice's pod references packed into one string.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +64,7 @@ class FrozenMap(Mapping[str, str]):
 
 
 _EMPTY = FrozenMap()
+EMPTY_MAP: Final = _EMPTY  # one for every object without labels or annotations
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +122,55 @@ class Port:
     protocol: str = "TCP"  # TCP, UDP or SCTP, as Kubernetes spells them
 
 
-@dataclass(frozen=True, slots=True)
+def ip_text(value: str) -> tuple[str, int] | None:
+    """An IP address's canonical text (as ``str(ipaddress.ip_address(value))``) and
+    its version, or None when ``value`` is not an address.
+
+    ``value`` itself when it is canonical already, so an address kept from the API
+    server's JSON is the one string the registry, the plan and the answer table
+    share. A dotted quad that the C library reads and prints back unchanged is
+    canonical (that text is exactly what ``ipaddress`` prints), checked at a tenth
+    of the cost of ``ipaddress``; anything else goes through ``ipaddress``.
+    """
+    if ":" not in value:
+        try:
+            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
+                return value, 4
+        except (OSError, ValueError, UnicodeError):
+            pass
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    text = str(ip)
+    return (value if text == value else text), ip.version
+
+
+_READY, _SERVING, _TERMINATING = 1, 2, 4
+_Where = tuple[str | None, str | None, str | None]  # (zone, hostname, node)
+# The one (zone, None, node) tuple shared by the endpoints on a node, its own key;
+# hostnames are one per pod, so a tuple holding one is not shared. Cleared when
+# full, which only ends sharing for endpoints made after that.
+_WHERE: dict[_Where, _Where] = {}
+_WHERE_MAX = 1 << 16
+
+
+def _where(zone: str | None, hostname: str | None, node: str | None) -> _Where | None:
+    if hostname is not None:
+        return (zone, hostname, node)
+    if zone is None and node is None:
+        return None
+    w = (zone, None, node)
+    shared = _WHERE.get(w)
+    if shared is not None:
+        return shared
+    if len(_WHERE) >= _WHERE_MAX:
+        _WHERE.clear()
+    _WHERE[w] = w
+    return w
+
+
+@dataclass(frozen=True, slots=True, init=False, repr=False)
 class Endpoint:
     """One reachable backend of a service in one cluster.
 
@@ -120,16 +178,79 @@ class Endpoint:
     dual-stack pod are one endpoint). Conditions follow EndpointSlice
     semantics: ``ready`` is serving and not terminating; ``serving`` is ready
     regardless of termination; ``terminating`` is being shut down.
+
+    Built and read as ``Endpoint(cluster, addresses, ready, serving, terminating,
+    zone, hostname, node)``; stored in four slots (64 bytes, against 96 for eight).
     """
 
     cluster: str
     addresses: tuple[str, ...]
-    ready: bool = True
-    serving: bool = True
-    terminating: bool = False
-    zone: str | None = None
-    hostname: str | None = None
-    node: str | None = None
+    _flags: int
+    _where: _Where | None
+
+    def __init__(
+        self,
+        cluster: str,
+        addresses: tuple[str, ...],
+        ready: bool = True,
+        serving: bool = True,
+        terminating: bool = False,
+        zone: str | None = None,
+        hostname: str | None = None,
+        node: str | None = None,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "cluster", cluster)
+        put(self, "addresses", addresses)
+        put(
+            self,
+            "_flags",
+            (_READY if ready else 0) | (_SERVING if serving else 0) | (_TERMINATING if terminating else 0),
+        )
+        put(self, "_where", _where(zone, hostname, node))
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._flags & _READY)
+
+    @property
+    def serving(self) -> bool:
+        return bool(self._flags & _SERVING)
+
+    @property
+    def terminating(self) -> bool:
+        return bool(self._flags & _TERMINATING)
+
+    @property
+    def zone(self) -> str | None:
+        return None if self._where is None else self._where[0]
+
+    @property
+    def hostname(self) -> str | None:
+        return None if self._where is None else self._where[1]
+
+    @property
+    def node(self) -> str | None:
+        return None if self._where is None else self._where[2]
+
+    def _args(self) -> tuple[Any, ...]:
+        return (
+            self.cluster,
+            self.addresses,
+            self.ready,
+            self.serving,
+            self.terminating,
+            self.zone,
+            self.hostname,
+            self.node,
+        )
+
+    def __repr__(self) -> str:
+        names = ("cluster", "addresses", "ready", "serving", "terminating", "zone", "hostname", "node")
+        return "Endpoint(" + ", ".join(f"{n}={v!r}" for n, v in zip(names, self._args(), strict=True)) + ")"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Endpoint, self._args())
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,21 +322,59 @@ class ServiceObject:
         return (self.key.namespace, self.key.name)
 
 
-@dataclass(frozen=True, slots=True)
+_REF_SEP, _REF_NONE = "\x00", "\x01"  # never in a Kubernetes object name
+
+
+def _pack_refs(refs: tuple[str | None, ...]) -> str | tuple[str | None, ...]:
+    """One string for a slice's pod references (~10 bytes each, against ~70 for a
+    string of its own in a tuple); the tuple itself when a name could not be told
+    apart in the string (empty, or holding a separator)."""
+    if not refs or any(r is not None and (not r or _REF_SEP in r or _REF_NONE in r) for r in refs):
+        return refs
+    return _REF_SEP.join(_REF_NONE if r is None else r for r in refs)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class SliceObject:
     """A ``discovery.k8s.io/v1`` EndpointSlice, stripped.
 
     ``refs`` runs parallel to ``endpoints``: the endpoint's targetRef (the pod
     name), which is what joins a dual-stack pod's IPv4 and IPv6 slices into one
-    endpoint. ``service`` is the ``kubernetes.io/service-name`` label.
+    endpoint. ``service`` is the ``kubernetes.io/service-name`` label. Built as
+    ``SliceObject(namespace, name, service, ports, endpoints, refs)``; the refs are
+    kept packed (``_pack_refs``) and unpacked when read.
     """
 
     namespace: str
     name: str
     service: str
-    ports: tuple[Port, ...] = ()
-    endpoints: tuple[Endpoint, ...] = ()
-    refs: tuple[str | None, ...] = ()
+    ports: tuple[Port, ...]
+    endpoints: tuple[Endpoint, ...]
+    _refs: str | tuple[str | None, ...]
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        service: str,
+        ports: tuple[Port, ...] = (),
+        endpoints: tuple[Endpoint, ...] = (),
+        refs: tuple[str | None, ...] = (),
+    ) -> None:
+        put = object.__setattr__
+        put(self, "namespace", namespace)
+        put(self, "name", name)
+        put(self, "service", service)
+        put(self, "ports", ports)
+        put(self, "endpoints", endpoints)
+        put(self, "_refs", _pack_refs(tuple(refs)))
+
+    @property
+    def refs(self) -> tuple[str | None, ...]:
+        packed = self._refs
+        if not isinstance(packed, str):
+            return packed
+        return tuple(None if r == _REF_NONE else r for r in packed.split(_REF_SEP))
 
     @property
     def ident(self) -> tuple[str, str]:
@@ -224,6 +383,9 @@ class SliceObject:
     @property
     def key(self) -> ServiceKey:
         return ServiceKey(self.namespace, self.service)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SliceObject, (self.namespace, self.name, self.service, self.ports, self.endpoints, self.refs))
 
 
 @dataclass(frozen=True, slots=True)

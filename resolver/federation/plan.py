@@ -8,7 +8,6 @@ per-client ``Router`` objects in whichever process serves.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -16,7 +15,7 @@ from typing import Any
 
 from ..config import NO_FILE, ConfigError
 from .health import ProbeSpec, parse_probe
-from .model import FederatedService
+from .model import FederatedService, ip_text
 from .policy import Candidate, Policy, ProbeView, policy_fields, with_fields
 
 _LABEL_OK = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
@@ -99,22 +98,36 @@ class PlanUpdate:
 
 def endpoint_label(hostname: str | None, addresses: Sequence[str]) -> str:
     """The DNS label of one endpoint: its hostname, else its first address with dashes."""
-    if hostname and _LABEL_OK.match(hostname.lower()):
-        return hostname.lower()
+    if hostname:
+        low = hostname.lower()
+        if _LABEL_OK.match(low):
+            return hostname if low == hostname else low  # the registry's string, not a copy
     if not addresses:
         return "endpoint"
     return addresses[0].replace(".", "-").replace(":", "-").lower()
 
 
 def split_families(addresses: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The canonical IPv4 and IPv6 addresses, in order; what is not an address is left out.
+
+    When that is ``addresses`` itself (a tuple of canonical addresses of one family:
+    nearly every endpoint), that very tuple is returned, so an endpoint's addresses
+    are one tuple and one string each however many plans and names hold them."""
     v4: list[str] = []
     v6: list[str] = []
+    same = True  # every address kept as the same object, in order
     for a in addresses:
-        try:
-            ip = ipaddress.ip_address(a)
-        except ValueError:
+        t = ip_text(a)
+        if t is None:
+            same = False
             continue
-        (v4 if ip.version == 4 else v6).append(str(ip))
+        same = same and t[0] is a
+        (v4 if t[1] == 4 else v6).append(t[0])
+    if same and isinstance(addresses, tuple):
+        if not v6:
+            return addresses, ()
+        if not v4:
+            return (), addresses
     return tuple(v4), tuple(v6)
 
 
@@ -201,6 +214,9 @@ def plan_from_snapshot(
     ports: dict[tuple[str, str], PlanPort] = {}
     cands: list[Candidate] = []
     clusters: list[str] = []
+    # One string per distinct health reason, not one per endpoint (a probe's
+    # reason is formatted for each endpoint it covers).
+    reasons: dict[str, str] = {}
     for cs in fs.per_cluster:
         cl = cs.cluster
         clusters.append(cl.name)
@@ -219,7 +235,7 @@ def plan_from_snapshot(
             since = 0.0
             view: ProbeView | None = None
             if health is not None:
-                result = health(cl.name, (v4 + v6)[0])
+                result = health(cl.name, v4[0] if v4 else v6[0])
                 if isinstance(result, tuple):
                     result = ProbeView(result[0], result[2], result[1])
                 view = result
@@ -228,6 +244,7 @@ def plan_from_snapshot(
                     reason = f"ready; probe {'up' if healthy else 'down'}: {view.reason}"
             if cs.stale:
                 reason += " (cluster stale: last-known data)"
+            reason = reasons.setdefault(reason, reason)
             cands.append(
                 Candidate(
                     cluster=cl.name,

@@ -26,13 +26,16 @@ Design points:
   stale (one timer per cluster, re-armed only when it fires), every key it
   holds is republished, and ``stale_policy`` applies in snapshots: ``serve``
   keeps the endpoints (``ClusterService.stale`` is true), ``drop`` leaves the
-  cluster out. The first contact after that makes it live again.
+  cluster out. The first contact after that makes it live again. A timer that
+  fires late (the loop was busy, e.g. publishing millions of endpoints) judges
+  again a second later, once what the API server sent meanwhile has been read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -63,6 +66,10 @@ log = structlog.get_logger("fedns.registry")
 
 Callback = Callable[[frozenset[ServiceKey]], None]
 _MISSING: Any = object()
+# A liveness timer that fires this late found the event loop busy; it looks again
+# this much later, after the loop has read what arrived meanwhile (see _check).
+BUSY_LATE = 1.0
+BUSY_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +90,11 @@ class ClusterStatus:
     errors: int
     # The lists not done yet: "services", or "services/pay" for a per-namespace watch.
     waiting_for: tuple[str, ...] = ()
+    # The source's counters (a Kubernetes source's; a static one has none): watch
+    # requests opened again, lists after the first, watch events applied.
+    watch_restarts: int = 0
+    relists: int = 0
+    events: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +226,7 @@ class Registry:
         self._flush_handle: asyncio.Handle | None = None
         self._started_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sources: dict[str, Source] = {}  # by cluster, while ``run`` runs them
 
     @classmethod
     def from_config(cls, fed: FederationConfig, **kw: Any) -> Registry:
@@ -265,6 +278,10 @@ class Registry:
         out: dict[str, ClusterStatus] = {}
         for st in self._states:
             c = st.cluster
+            # A source may count what it did (KubernetesSource.counters); the
+            # Source protocol does not ask it to.
+            counted = getattr(self._sources.get(c.name), "counters", None)
+            counters: dict[str, int] = counted() if callable(counted) else {}
             out[c.name] = ClusterStatus(
                 name=c.name,
                 source=c.source,
@@ -281,6 +298,9 @@ class Registry:
                 waiting_for=tuple(
                     sorted(k if ns is None else f"{k}/{ns}" for k, ns in st.required - st.synced_kinds)
                 ),
+                watch_restarts=counters.get("watch_restarts", 0),
+                relists=counters.get("relists", 0),
+                events=counters.get("events", 0),
             )
         return out
 
@@ -319,6 +339,8 @@ class Registry:
     async def run(self, sources: Iterable[Source]) -> None:
         """Run the sources (each feeding its cluster's sink) until cancelled or all return."""
         self.start()
+        sources = list(sources)
+        self._sources.update((src.cluster.name, src) for src in sources)
         tasks = [
             asyncio.create_task(self._guard(src), name=f"fedns-source-{src.cluster.name}")
             for src in sources
@@ -415,7 +437,10 @@ class Registry:
             if st.required <= st.synced_kinds and not st.synced_event.is_set():
                 st.synced_event.set()
                 log.info(
-                    "cluster synced", cluster=st.cluster.name, services=len(st.objects[SERVICES])
+                    "cluster synced",
+                    cluster=st.cluster.name,
+                    state="synced",
+                    services=len(st.objects[SERVICES]),
                 )
 
     def _changed(self, st: _State, key: ServiceKey) -> None:
@@ -452,7 +477,7 @@ class Registry:
         st.last_contact_wall = time.time()
         if st.stale:
             st.stale = False
-            log.info("cluster live again", cluster=st.cluster.name)
+            log.info("cluster live again", cluster=st.cluster.name, state="live")
             self._republish(st)
         self._arm(st)
 
@@ -465,18 +490,29 @@ class Registry:
         st.timer = self._loop.call_later(delay, self._check, st)
 
     def _check(self, st: _State) -> None:
-        st.timer = None
+        fired, st.timer = st.timer, None
         ref = st.last_contact if st.last_contact is not None else self._started_at
         assert ref is not None
         age = time.monotonic() - ref
         if age + 1e-3 < st.cluster.stale_after:
             self._arm(st)  # contact happened since the timer was armed
             return
+        loop = self._loop
+        late = loop.time() - fired.when() if fired is not None and loop is not None else 0.0
+        if late > BUSY_LATE and not st.stale and loop is not None:
+            # No evidence of silence: this loop was busy past the deadline (a publish
+            # of millions of endpoints takes longer than stale_after), and what the
+            # API server sent meanwhile is unread yet. Marking every cluster stale
+            # here republished everything, which kept the loop busy for as long
+            # again: judge once the lines and the heartbeat due by now are read.
+            st.timer = loop.call_later(BUSY_GRACE, self._check, st)
+            return
         if not st.stale:
             st.stale = True
             log.warning(
                 "cluster stale",
                 cluster=st.cluster.name,
+                state="stale",
                 seconds_without_contact=round(age, 3),
                 policy=st.cluster.stale_policy,
                 effect="endpoints kept, marked stale"
@@ -542,7 +578,8 @@ def merge_endpoints(slices: Iterable[SliceObject]) -> tuple[Endpoint, ...]:
     address, so a reshuffle of endpoints between slices changes nothing.
     """
     groups: dict[Any, list[Endpoint]] = {}
-    for sl in sorted(slices, key=lambda s: s.name):
+    ordered = sorted(slices, key=lambda s: s.name)
+    for sl in ordered:
         for ep, ref in zip(sl.endpoints, sl.refs or (None,) * len(sl.endpoints), strict=False):
             groups.setdefault(ref if ref is not None else id(ep), []).append(ep)
     out: list[Endpoint] = []
@@ -568,4 +605,10 @@ def merge_endpoints(slices: Iterable[SliceObject]) -> tuple[Endpoint, ...]:
             )
         )
     out.sort(key=lambda e: e.addresses)
+    if len(ordered) == 1:
+        # One slice, nothing joined, already in order (the common case): its own
+        # tuple, not a second one per service and cluster.
+        mine = ordered[0].endpoints
+        if len(mine) == len(out) and all(map(operator.is_, mine, out)):
+            return mine
     return tuple(out)

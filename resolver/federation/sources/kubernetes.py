@@ -37,7 +37,7 @@ while, so a quiet cluster is not mistaken for a dead one.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import gc
 import json
 import random
 import sys
@@ -53,6 +53,7 @@ from kubernetes_asyncio import client, config
 
 from ..config import ExportConfig
 from ..model import (
+    EMPTY_MAP,
     ENDPOINTSLICES,
     SERVICEEXPORTS,
     SERVICES,
@@ -67,6 +68,7 @@ from ..model import (
     ServiceObject,
     SliceObject,
     fedns_annotations,
+    ip_text,
 )
 from .base import ClusterSink
 
@@ -152,6 +154,12 @@ def _str_map(v: Any) -> dict[str, str]:
     return {k: x for k, x in v.items() if isinstance(k, str) and isinstance(x, str)}
 
 
+# A Service's or a slice's ports, shared: most services have one of a few sets.
+# Cleared when full, which only ends sharing for objects stripped after that.
+_PORTS: dict[tuple[Port, ...], tuple[Port, ...]] = {}
+_PORTS_MAX = 4096
+
+
 def _ports(raw: Any) -> tuple[Port, ...]:
     if not isinstance(raw, list):
         return ()
@@ -171,16 +179,21 @@ def _ports(raw: Any) -> tuple[Port, ...]:
                 sys.intern(proto) if isinstance(proto, str) else "TCP",
             )
         )
-    return tuple(sorted(out))
+    ports = tuple(sorted(out))
+    shared = _PORTS.get(ports)
+    if shared is not None:
+        return shared
+    if len(_PORTS) >= _PORTS_MAX:
+        _PORTS.clear()
+    _PORTS[ports] = ports
+    return ports
 
 
 def _ip(v: Any) -> str | None:
-    if not isinstance(v, str):
-        return None
-    try:
-        return str(ipaddress.ip_address(v))
-    except ValueError:
-        return None
+    """The canonical text of an address: the JSON's own string when it is (the one
+    copy the plan and the answer table share, see ``model.ip_text``)."""
+    t = ip_text(v) if isinstance(v, str) else None
+    return None if t is None else t[0]
 
 
 def _opt(v: Any) -> str | None:
@@ -203,10 +216,11 @@ def strip_service(obj: Any, keep_labels: bool = False) -> ServiceObject | None:
                 ip = _ip(i.get("ip")) if isinstance(i, dict) else None
                 if ip is not None and ip not in ingress_ips:
                     ingress_ips.append(ip)  # hostname-only ingress cannot be an A/AAAA record
+    labels = _str_map(meta.get("labels")) if keep_labels else {}
     return ServiceObject(
         key=ServiceKey(ns, name),
         ports=_ports(spec.get("ports") if isinstance(spec, dict) else None),
-        labels=FrozenMap(_str_map(meta.get("labels"))) if keep_labels else FrozenMap(),
+        labels=FrozenMap(labels) if labels else EMPTY_MAP,
         annotations=fedns_annotations(meta.get("annotations")),
         ingress_ips=tuple(ingress_ips),
     )
@@ -228,7 +242,13 @@ def strip_slice(obj: Any, cluster: str) -> SliceObject | None:
         if not isinstance(e, dict):
             continue
         addrs_raw = e.get("addresses")
-        addrs = tuple(a for a in map(_ip, addrs_raw if isinstance(addrs_raw, list) else ()) if a)
+        if not isinstance(addrs_raw, list):
+            continue
+        if len(addrs_raw) == 1:  # nearly always (dual-stack pods are in two slices)
+            a = _ip(addrs_raw[0])
+            addrs: tuple[str, ...] = (a,) if a else ()
+        else:
+            addrs = tuple(a for a in map(_ip, addrs_raw) if a)
         if not addrs:
             continue
         cond = e.get("conditions")
@@ -241,25 +261,36 @@ def strip_slice(obj: Any, cluster: str) -> SliceObject | None:
         terminating = cond.get("terminating") is True
         ref = e.get("targetRef")
         ref_id = None
-        if isinstance(ref, dict) and isinstance(ref.get("name"), str):
-            kind = ref.get("kind")
-            ref_id = ref["name"] if kind in (None, "Pod") else f"{kind}/{ref['name']}"
+        if isinstance(ref, dict):
+            pod = ref.get("name")
+            if isinstance(pod, str):
+                kind = ref.get("kind")
+                ref_id = pod if kind in (None, "Pod") else f"{kind}/{pod}"
         hostname = e.get("hostname")
+        # Positional: a million endpoints are made at startup (keywords cost ~10 %).
         eps.append(
             Endpoint(
-                cluster=cluster,
-                addresses=addrs,
-                ready=ready,
-                serving=serving,
-                terminating=terminating,
-                zone=_opt(e.get("zone")),
-                hostname=hostname.lower() if isinstance(hostname, str) and hostname else None,
-                node=_opt(e.get("nodeName")),
+                cluster,
+                addrs,
+                ready,
+                serving,
+                terminating,
+                _opt(e.get("zone")),
+                hostname.lower() if isinstance(hostname, str) and hostname else None,
+                _opt(e.get("nodeName")),
             )
         )
         refs.append(ref_id)
+    # In the order merge_endpoints gives a service's endpoints, so that a service
+    # with one slice shares this tuple (and a reshuffle inside a slice is no change).
+    order = sorted(range(len(eps)), key=lambda i: eps[i].addresses)
     return SliceObject(
-        ns, name, sys.intern(service), _ports(obj.get("ports")), tuple(eps), tuple(refs)
+        ns,
+        name,
+        sys.intern(service),
+        _ports(obj.get("ports")),
+        tuple(eps[i] for i in order),
+        tuple(refs[i] for i in order),
     )
 
 
@@ -333,10 +364,14 @@ class Reflector:
         label_selector: str | None = None,
         on_contact: Callable[[], None] | None = None,
         namespace: str | None = None,
+        api_client: Any = None,
     ) -> None:
         self.kind = kind
         self.namespace = namespace  # None: every namespace in one list+watch
         self.list_fn = list_fn
+        # The ApiClient list_fn calls through: it keeps the last response it
+        # returned (``last_response``), and a list's holds the whole body.
+        self.api_client = api_client
         self.strip = strip
         self.sink = sink
         self.t = timings
@@ -347,10 +382,11 @@ class Reflector:
         self.log = log.bind(cluster=sink.cluster.name, resource=kind)
         if namespace is not None:
             self.log = self.log.bind(namespace=namespace)
-        # Counters, for tests and the status page.
+        # Counters, for tests and the status page (``KubernetesSource.counters``).
         self.lists = 0
         self.watches = 0
-        self.events = 0
+        self.events = 0  # every line of the stream, bookmarks included
+        self.applied = 0  # ADDED, MODIFIED and DELETED events handed to the sink
 
     def _contact(self) -> None:
         self.sink.contact()
@@ -433,25 +469,42 @@ class Reflector:
             retry_after = resp.headers.get("Retry-After")
         finally:
             resp.release()
+            # Else the body (tens of MB at 40,000 endpoints) stays referenced by the
+            # ApiClient until this cluster's next request, minutes later.
+            if getattr(self.api_client, "last_response", None) is resp:
+                self.api_client.last_response = None
+            del resp
         if status != 200:
             raise _status_error(status, body, retry_after)
+        # From here to the end nothing awaits. Parsing and stripping a list makes
+        # objects by the million at scale that either live on in the registry or
+        # are freed by reference counting (no cycles); the collector's passes over
+        # them, and over all the registry holds already, were half of the sync
+        # time at 200,000 endpoints (benchmarks/scale.py).
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            data = json.loads(body)
-        except ValueError:
-            raise _Transient(f"list: non-JSON body ({body[:80]!r})") from None
-        kind = data.get("kind", "List") if isinstance(data, dict) else None
-        if not isinstance(kind, str) or not kind.endswith("List"):
-            raise _Transient(f"list: not a List object ({body[:80]!r})")
-        items = data.get("items") or []  # Go encodes an empty list as null
-        if not isinstance(items, list):
-            raise _Transient(f"list: not a List object ({body[:80]!r})")
-        rv = _rv(data)
-        objs = [o for o in map(self.strip, items) if o is not None]
-        self._contact()
-        if self.namespace is None:
-            self.sink.replace(self.kind, objs)
-        else:
-            self.sink.replace(self.kind, objs, namespace=self.namespace)
+            try:
+                data = json.loads(body)
+            except ValueError:
+                raise _Transient(f"list: non-JSON body ({body[:80]!r})") from None
+            kind = data.get("kind", "List") if isinstance(data, dict) else None
+            if not isinstance(kind, str) or not kind.endswith("List"):
+                raise _Transient(f"list: not a List object ({body[:80]!r})")
+            items = data.get("items") or []  # Go encodes an empty list as null
+            if not isinstance(items, list):
+                raise _Transient(f"list: not a List object ({body[:80]!r})")
+            rv = _rv(data)
+            del body  # parsed: only the objects are needed from here on
+            objs = [o for o in map(self.strip, items) if o is not None]
+            self._contact()
+            if self.namespace is None:
+                self.sink.replace(self.kind, objs)
+            else:
+                self.sink.replace(self.kind, objs, namespace=self.namespace)
+        finally:
+            if collecting:
+                gc.enable()
         self.rv = rv
         self.lists += 1
         self.log.debug("listed", items=len(items), kept=len(objs), rv=rv)
@@ -530,10 +583,12 @@ class Reflector:
                 m = _meta(obj)
                 if m is not None:
                     self.sink.delete(self.kind, m[0], m[1])
+            self.applied += 1
         elif typ == "DELETED":
             m = _meta(obj)
             if m is not None:
                 self.sink.delete(self.kind, m[0], m[1])
+            self.applied += 1
         elif typ != "BOOKMARK":
             self.log.debug("unknown watch event type ignored", type=typ)
         if rv is not None:
@@ -582,6 +637,17 @@ class KubernetesSource:
     def _touch(self) -> None:
         self._last_contact = time.monotonic()
 
+    def counters(self) -> dict[str, int]:
+        """Over every resource watched: watch requests after each one's first (a
+        stream's clean end, an error, a relist), lists after each one's first, and
+        watch events applied (for ``/v1/clusters`` and ``/metrics``)."""
+        rs = self.reflectors.values()
+        return {
+            "watch_restarts": sum(max(0, r.watches - 1) for r in rs),
+            "relists": sum(max(0, r.lists - 1) for r in rs),
+            "events": sum(r.applied for r in rs),
+        }
+
     async def run(self, sink: ClusterSink) -> None:
         backoff = Backoff(self.timings, self.rng)
         while True:
@@ -623,7 +689,12 @@ class KubernetesSource:
             str(self.export.selector) if mode == "selector" and self.export.selector else None
         )
         mk = partial(
-            Reflector, sink=sink, timings=self.timings, rng=self.rng, on_contact=self._touch
+            Reflector,
+            sink=sink,
+            timings=self.timings,
+            rng=self.rng,
+            on_contact=self._touch,
+            api_client=api,
         )
         custom = client.CustomObjectsApi(api)
         # With export.namespaces.allow, one list+watch per allowed namespace instead
