@@ -506,7 +506,10 @@ def _summarize(
         sys.setswitchinterval(before)
 
 
-async def _wait_signals(sup: Supervisor) -> None:
+def _install_signals(sup: Supervisor) -> asyncio.Event:
+    """SIGHUP reloads, SIGTERM/SIGINT set the returned event. Installed before the
+    control side starts: the serving side answers from the first moment, so a
+    SIGTERM may come while it starts (and must stop fedns cleanly, workers too)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloading: set[asyncio.Task[Any]] = set()
@@ -519,7 +522,8 @@ async def _wait_signals(sup: Supervisor) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    await stop.wait()
+    stop.reloading = reloading  # type: ignore[attr-defined]  # kept alive with the event
+    return stop
 
 
 async def _serve_single(
@@ -539,8 +543,9 @@ async def _serve_single(
         inst, publish, on_reload, lambda: rt.stats.as_dict() | {"workers": 1}, rt.mark_synced,
         version=version,
     )
+    stop = _install_signals(sup)
     await sup.start(admin)
-    await _wait_signals(sup)
+    await stop.wait()
     close()
     await sup.stop()
 
@@ -567,8 +572,9 @@ async def _serve_parent(
         inst, publish, on_reload, pool.stats, lambda: pool.send(Synced()), pool.alive,
         version=version,
     )
+    stop = _install_signals(sup)
     await sup.start(admin)
-    waiter = loop.create_task(_wait_signals(sup))
+    waiter = loop.create_task(stop.wait())
     code = 0
     while not waiter.done():
         await asyncio.wait([waiter], timeout=0.25)

@@ -84,6 +84,16 @@ Message = Publish | Synced | Reload
 # -- a worker -----------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """SIGTERM this worker when the control process dies, however it dies (a SIGKILL
+    or an early signal leaves no time to stop the workers; the pipe's EOF may never
+    come while another worker holds a copy of its end)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+
+
 def _worker_main(
     cfg: Config,
     served: Served,
@@ -96,6 +106,7 @@ def _worker_main(
 ) -> None:
     """A serving process: transports plus the pipe from the control process.
     ``index``: which worker (1..N), as its query log lines say."""
+    _die_with_parent()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent coordinates reloads
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     install_uvloop()
