@@ -180,6 +180,7 @@ class Supervisor:
         self._watched = self._files_of(inst.cfg)
         self._rewatch = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()  # reloads under way (SIGHUP)
 
     @property
     def cfg(self) -> Config:
@@ -512,17 +513,15 @@ def _install_signals(sup: Supervisor) -> asyncio.Event:
     SIGTERM may come while it starts (and must stop fedns cleanly, workers too)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    reloading: set[asyncio.Task[Any]] = set()
 
     def reload() -> None:
         t = loop.create_task(sup.reload("sighup"))
-        reloading.add(t)
-        t.add_done_callback(reloading.discard)
+        sup.tasks.add(t)  # the loop keeps only weak references to tasks
+        t.add_done_callback(sup.tasks.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    stop.reloading = reloading  # type: ignore[attr-defined]  # kept alive with the event
     return stop
 
 

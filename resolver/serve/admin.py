@@ -40,6 +40,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ..config import ConfigError, read_token
 from .metrics import StatsCollector
 
 # explain(name, type, subnet, source): the decision trail; ValueError for bad input.
@@ -248,9 +249,10 @@ class Token:
         st = self.path.stat()
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
-            token = self.path.read_text(encoding="utf-8", errors="replace").strip()
-            token = token.splitlines()[0].strip() if token else ""
-            # An empty file guards nothing: no request matches it.
+            try:
+                token = read_token(self.path)  # what ``fedns serve`` checked at start
+            except ConfigError:
+                token = ""  # emptied or cut short since: it guards nothing, nothing matches
             self._digest = hashlib.sha256(token.encode()).digest() if token else b""
             self._stamp = stamp
         # Digests of both, so the comparison takes the same time whatever is sent.
