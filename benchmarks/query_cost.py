@@ -15,7 +15,8 @@ query (start-up and the idle wait cancel out):
   ``udp-memo``: a federated name without ECS (its router's memo, by source);
   ``udp-below``: a new name below the zone each time (the negative cache).
 - ``call-*``: ``Runtime.answer``, what TCP and uvloop UDP call per query, in a
-  loop (TCP: no reply cache): ``call-static`` a zone name, ``call-memo`` a federated one.
+  loop, as TCP asks (so from ``tcp_replies`` once asked): ``call-static`` a zone
+  name, ``call-memo`` a federated one.
 
 ``--query-sample R`` sets ``log.query_sample`` (the query log); ``--baseline DIR``
 runs the same in another source tree (``git archive REV | tar -x -C DIR``) and

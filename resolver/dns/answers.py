@@ -12,13 +12,13 @@ memoized by the record's bytes, and each router's answer with its reply OPT
 record (the ECS echo with our SCOPE) per client subnet or source, so the
 per-query work stays dict lookups and one join.
 
-Two caches sit in front, both written and read here only, both bounded and
-emptied at every change of the table, both for UDP (a TCP reply is never
-truncated, so it may differ):
+Caches sit in front, all written and read here only, all bounded and
+emptied at every change of the table:
 
-- ``replies``: whole replies less the ID, keyed by the query's bytes after the
-  ID, for answers that depend on nothing else (not on the packet's source), as
+- ``replies``: whole UDP replies less the ID, keyed by the query's bytes after
+  the ID, for answers that depend on nothing else (not on the packet's source), as
   PowerDNS's packet cache: a repeated question costs one dict lookup and a join;
+  ``tcp_replies`` the same for TCP (a TCP reply is never truncated, so it may differ);
 - ``below``: negative (and wildcard, referral) replies for a name that does not
   exist below an existing one, per parent and length of the new first label: a
   random-subdomain flood asks for new names below the same few, so it costs the
@@ -312,6 +312,9 @@ class Table:
         # Resolvers and clients ask the same few questions over and over (the
         # same case, flags and OPT record), so most queries cost one lookup.
         self.replies: dict[bytes, _Reply] = {}
+        # The same for TCP, apart: a TCP reply is never truncated and counts as TCP.
+        # CoreDNS's ``force_tcp`` and pipelining resolvers repeat questions as UDP ones do.
+        self.tcp_replies: dict[bytes, _Reply] = {}
         # By the query's bytes after its ID with the first label cut out, for a
         # name that does not exist whose parent does; the question is echoed
         # from the query.
@@ -423,10 +426,12 @@ class Table:
         return rebuilt
 
     def empty_caches(self) -> None:
-        """Empty ``replies`` and ``below``, keeping the counts of what they sent."""
-        if self.replies or self.below:
+        """Empty ``replies``, ``tcp_replies`` and ``below``, keeping the counts of what they sent."""
+        if self.replies or self.below or self.tcp_replies:
             self.counts.fold(self.replies, self.below)
+            self.counts.fold(self.tcp_replies, {})
             self.replies.clear()
+            self.tcp_replies.clear()
             self.below.clear()
         self._limited.clear()
         self._below_bodies = 0
@@ -435,7 +440,8 @@ class Table:
         """What ``Counts.tally`` adds up: the caches' entries and the counters, copied
         at once (call it where no reply is being made: under the serving side's lock)."""
         c = self.counts
-        return (list(self.replies.values()), list(self.below.values()), list(c.answers),
+        return ([*self.replies.values(), *self.tcp_replies.values()], list(self.below.values()),
+                list(c.answers),
                 list(c.folded), c.folded_reply_hits, c.folded_below_hits)
 
     def edns_of(self, rr: bytes) -> tuple[bytes | None] | None:
@@ -444,13 +450,13 @@ class Table:
         edns = self._edns_memo.get(rr)
         return (edns[2],) if edns is not None else None
 
-    def cache_of(self, data: bytes) -> bool:
-        """Whether ``respond`` answers this UDP query from ``replies`` or ``below``
-        (for the query log; read before the query is answered)."""
-        if data[2:] in self.replies:
+    def cache_of(self, data: bytes, tcp: bool = False) -> bool:
+        """Whether ``respond`` answers this query from ``replies`` (``tcp_replies``) or
+        ``below`` (for the query log; read before the query is answered)."""
+        if data[2:] in (self.tcp_replies if tcp else self.replies):
             return True
         first = data[12] if len(data) > 12 else 0
-        if not self.below or not 0 < first < 64:
+        if tcp or not self.below or not 0 < first < 64:
             return False
         neg = self.below.get(data[2:12] + data[13 + first :])
         if neg is None or first not in neg.bodies:
@@ -544,27 +550,26 @@ class Table:
         and gives the same reply for what is handled here, only slower. The
         two are one function rather than two calls: a call is ~10 % of this.
         """
-        if not tcp:
-            cached = self.replies.get(data[2:])
-            if cached is not None:
-                cached[2] += 1
-                return data[:2] + cached[0]
-            if self.below:
-                # A new name below one that exists: the reply for any such name of
-                # that first label's length (``_remember_below``), once the name
-                # proves not to exist after all. The key is the query less its first
-                # label, so it holds the header, the parent name, type and OPT that
-                # the remembered query had: the rest of the packet was checked then.
-                first = data[12] if len(data) > 12 else 0
-                neg = self.below.get(data[2:12] + data[13 + first :]) if 0 < first < 64 else None
-                if neg is not None:
-                    tail = neg.bodies.get(first)
-                    end = 13 + first + neg.parent  # where the name ends
-                    if tail is not None and end <= _LAST_NAME_BYTE + 1:
-                        name = data[12:end].lower()
-                        if name not in self.nodes and not (self.lazy_names and self._is_compact(name)):
-                            neg.hits += 1
-                            return b"".join((data[:2], neg.head, data[12 : end + 4], tail))
+        cached = (self.tcp_replies if tcp else self.replies).get(data[2:])
+        if cached is not None:
+            cached[2] += 1
+            return data[:2] + cached[0]
+        if not tcp and self.below:
+            # A new name below one that exists: the reply for any such name of
+            # that first label's length (``_remember_below``), once the name
+            # proves not to exist after all. The key is the query less its first
+            # label, so it holds the header, the parent name, type and OPT that
+            # the remembered query had: the rest of the packet was checked then.
+            first = data[12] if len(data) > 12 else 0
+            neg = self.below.get(data[2:12] + data[13 + first :]) if 0 < first < 64 else None
+            if neg is not None:
+                tail = neg.bodies.get(first)
+                end = 13 + first + neg.parent  # where the name ends
+                if tail is not None and end <= _LAST_NAME_BYTE + 1:
+                    name = data[12:end].lower()
+                    if name not in self.nodes and not (self.lazy_names and self._is_compact(name)):
+                        neg.hits += 1
+                        return b"".join((data[:2], neg.head, data[12 : end + 4], tail))
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:11] != b"\x00\x01\x00\x00\x00\x00\x00":
             # QR or an opcode set, or not one question and no records.
@@ -612,7 +617,7 @@ class Table:
             # Keys are well-formed names, so a hit proves these labels are.
             router = node.router
             hit = None
-            remember = not tcp
+            remember = True
             if router is not None:
                 # The client's place comes from the ECS subnet alone, or with the
                 # packet's source host, or (no ECS) from the host alone: the whole
@@ -695,11 +700,12 @@ class Table:
         i = slots[qtype][e.rcode]
         self._answers[i] += 1
         if remember:
-            replies = self.replies
+            replies = self.tcp_replies if tcp else self.replies
             if len(replies) >= _REPLIES_MAX:
                 self.counts.fold(replies, {})
                 replies.clear()
-                self._limited.clear()  # holds replies of ``replies`` only
+                if not tcp:
+                    self._limited.clear()  # holds replies of ``replies`` only
             replies[data[2:]] = [reply[2:], i & 0x1FF, 0]  # its hits are no memo's
         elif below:
             self._remember_below(data, reply, qend, i)

@@ -472,7 +472,7 @@ class Runtime:
         if self._log_left:
             return self._answer(data, tcp, addr)
         self._log_left = self.querylog.gap()
-        cached = not tcp and self.table.cache_of(data)
+        cached = self.table.cache_of(data, tcp)
         t = time.perf_counter_ns()
         resp = self._answer(data, tcp, addr)
         self.querylog.note(data, resp, addr, tcp, time.perf_counter_ns() - t, cached)
