@@ -203,6 +203,13 @@ def test_counters_move_by_exactly_the_queries_sent(fedns_server: FednsFactory, w
         sent["tcp"] += 1
         replies["tcp"] += 1
         got[responses("tcp", rdtype, dns.rcode.to_text(reply.rcode()))] += 1
+    # One question twice on one connection (so one worker): the second from its TCP reply cache.
+    with socket.create_connection(srv.addr, timeout=5) as conn:
+        for _ in range(2):
+            reply = dns.query.tcp(make(f"ns1.{RICH_ORIGIN}", "A"), srv.addr[0], timeout=5, sock=conn)
+            sent["tcp"] += 1
+            replies["tcp"] += 1
+            got[responses("tcp", "A", dns.rcode.to_text(reply.rcode()))] += 1
     assert got[responses("udp", "other", "NOERROR")] == 2  # CAA
     assert got[responses("udp", "TXT", "NXDOMAIN")] == 5
     assert got[responses("udp", "A", "REFUSED")] == 2
@@ -214,15 +221,17 @@ def test_counters_move_by_exactly_the_queries_sent(fedns_server: FednsFactory, w
     hits, below_hits = one("fedns_reply_cache_hits_total", cache="replies"), one(
         "fedns_reply_cache_hits_total", cache="below"
     )
+    tcp_hits = one("fedns_reply_cache_hits_total", cache="tcp_replies")
     misses = one("fedns_reply_cache_misses_total")
     want[hits] = before[hits] + repeats
     want[below_hits] = before[below_hits] + 4
+    want[tcp_hits] = before[tcp_hits] + 1
     # Made afresh: each question's first reply, the first nx name, REFUSED, FORMERR.
-    want[misses] = before[misses] + replies["udp"] - repeats - 4
+    want[misses] = before[misses] + replies["udp"] + replies["tcp"] - repeats - 4 - 1
     want[one("fedns_dropped_queries_total")] = before[one("fedns_dropped_queries_total")] + 2
     for k in ("fedns_internal_errors_total", "fedns_udp_send_errors_total"):
         want[one(k)] = 0
-    want[one("fedns_tcp_connections_total")] = before[one("fedns_tcp_connections_total")] + 4
+    want[one("fedns_tcp_connections_total")] = before[one("fedns_tcp_connections_total")] + 5
     # The batched UDP thread times every reply (each with its batch's time).
     udp_count = one("fedns_answer_duration_seconds_count", transport="udp")
     want[udp_count] = before[udp_count] + replies["udp"]

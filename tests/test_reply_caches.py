@@ -51,6 +51,8 @@ def test_tcp_replies_are_cached_apart_from_udp(monkeypatch: pytest.MonkeyPatch) 
     assert dns.message.from_wire(udp).flags & dns.flags.TC  # 512 bytes: truncated
     assert big[2:] in table.replies and big[2:] in table.tcp_replies
     assert table.respond(big, True, src) == tcp == table.general(big, True, src)
+    counted = table.counts.tally(table.live())
+    assert (counted["tcp_reply_hits"], counted["reply_hits"]) == (1, 0)
     assert not dns.message.from_wire(tcp).flags & dns.flags.TC
     assert table.respond(big, False, src) == udp
     assert table.cache_of(big, True) and table.cache_of(big, False)

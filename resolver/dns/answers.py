@@ -154,6 +154,9 @@ class _Below:
 # item costs less than an attribute of an instance, and it is made per remembered
 # reply without a Python ``__init__``.
 _Reply = list[Any]
+# ``Table.live``: the caches' entries (replies of both transports, below), the counters
+# and the folded hits (UDP replies, below, TCP replies), for ``Counts.tally``.
+Live = tuple[list[_Reply], list[_Below], list[int], list[int], int, int, int]
 
 # Question types that ``fedns_responses_total`` names; every other type is "other".
 # Replies are counted by the table, in ``Counts.answers``, at an index made of
@@ -211,16 +214,21 @@ class Counts:
     folded: list[int] = field(default_factory=lambda: [0] * ANSWER_SLOTS)
     folded_reply_hits: int = 0
     folded_below_hits: int = 0
+    folded_tcp_hits: int = 0  # of ``tcp_replies`` (``folded_reply_hits``: UDP only)
 
     def fold(self, replies: Mapping[bytes, _Reply], below: Mapping[bytes, _Below]) -> None:
         """Keep the hits of cache entries about to be dropped."""
         folded = self.folded
-        n = 0
+        n = tcp = 0
         for r in replies.values():
             if r[2]:
                 folded[r[1]] += r[2]
-                n += r[2]
+                if r[1] & TCP_BASE:
+                    tcp += r[2]
+                else:
+                    n += r[2]
         self.folded_reply_hits += n
+        self.folded_tcp_hits += tcp
         n = 0
         for b in below.values():
             if b.hits:
@@ -228,21 +236,24 @@ class Counts:
                 n += b.hits
         self.folded_below_hits += n
 
-    def tally(self, live: tuple[list[_Reply], list[_Below], list[int], list[int], int, int]
-              ) -> dict[str, Any]:
+    def tally(self, live: Live) -> dict[str, Any]:
         """Replies by index and the caches' hits, from ``Table.live`` (taken under the
         serving side's lock, so no entry is both live there and folded)."""
-        replies, below, answers, folded, reply_hits, below_hits = live
+        replies, below, answers, folded, reply_hits, below_hits, tcp_hits = live
         total = [a + b for a, b in zip(answers, folded, strict=True)]
         for r in replies:
             if r[2]:
                 total[r[1]] += r[2]
-                reply_hits += r[2]
+                if r[1] & TCP_BASE:
+                    tcp_hits += r[2]
+                else:
+                    reply_hits += r[2]
         for b in below:
             if b.hits:
                 total[b.index] += b.hits
                 below_hits += b.hits
-        return {"answers": total, "reply_hits": reply_hits, "below_hits": below_hits}
+        return {"answers": total, "reply_hits": reply_hits, "below_hits": below_hits,
+                "tcp_reply_hits": tcp_hits}
 
 
 def answer_index(reply: bytes, tcp: bool) -> int:
@@ -436,13 +447,13 @@ class Table:
         self._limited.clear()
         self._below_bodies = 0
 
-    def live(self) -> tuple[list[_Reply], list[_Below], list[int], list[int], int, int]:
+    def live(self) -> Live:
         """What ``Counts.tally`` adds up: the caches' entries and the counters, copied
         at once (call it where no reply is being made: under the serving side's lock)."""
         c = self.counts
         return ([*self.replies.values(), *self.tcp_replies.values()], list(self.below.values()),
-                list(c.answers),
-                list(c.folded), c.folded_reply_hits, c.folded_below_hits)
+                list(c.answers), list(c.folded), c.folded_reply_hits, c.folded_below_hits,
+                c.folded_tcp_hits)
 
     def edns_of(self, rr: bytes) -> tuple[bytes | None] | None:
         """(the ECS option data or None) of an OPT record the fast path remembered;

@@ -114,21 +114,23 @@ def _cumulative(buckets: Iterable[tuple[float, int]]) -> list[tuple[str, float]]
 
 def _caches(s: Mapping[str, Any]) -> Iterator[Metric]:
     raw: Sequence[int] = s.get("answers") or ()
-    udp = sum(raw[:TCP_BASE]) + sum(raw[ROUTED_BASE : ROUTED_BASE + TCP_BASE])
     routed = sum(raw[ROUTED_BASE:])
     reply_hits, below_hits = s.get("reply_hits", 0), s.get("below_hits", 0)
+    tcp_hits = s.get("tcp_reply_hits", 0)
     hits = CounterMetricFamily(
         "fedns_reply_cache_hits",
-        "UDP replies sent from a reply cache: replies (the same question's bytes seen "
-        "before), below (a new name under an existing one that does not exist)",
+        "Replies sent from a reply cache: replies (UDP: the same question's bytes seen "
+        "before), tcp_replies (the same over TCP), below (UDP: a new name under an "
+        "existing one that does not exist)",
         labels=["cache"],
     )
     hits.add_metric(["replies"], reply_hits)
     hits.add_metric(["below"], below_hits)
+    hits.add_metric(["tcp_replies"], tcp_hits)
     yield hits
     yield CounterMetricFamily(
-        "fedns_reply_cache_misses", "UDP replies made afresh (found in neither reply cache)",
-        value=max(0, udp - reply_hits - below_hits),
+        "fedns_reply_cache_misses", "Replies made afresh (found in no reply cache), UDP and TCP",
+        value=max(0, sum(raw) - reply_hits - below_hits - tcp_hits),
     )
     yield CounterMetricFamily(
         "fedns_router_memo_hits",
