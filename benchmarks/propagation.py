@@ -804,6 +804,12 @@ def part_scale(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 )
                 poller.close()
                 r["flips"] = res
+                # Workers forked after the sync share the table's pages until changes
+                # (and answering) write to them: what is still shared after the flips.
+                after = r["mem_after_flips"] = memory_mb([sp.proc.pid, *children(sp.proc.pid)])
+                say(f"   memory after {res.made} flips: "
+                    f"RSS {after['rss']:.0f} MB, PSS {after['pss']:.0f} MB, private "
+                    + " + ".join(f"{m:.0f}" for m in after.get("private", [])) + " MB")
                 out[f"w{workers}"] = r
     return out
 

@@ -158,6 +158,7 @@ class Supervisor:
         on_synced: Callable[[], None],
         serving: Callable[[], int] = lambda: 1,
         version: versions.Fingerprint | None = None,
+        pending: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.inst = inst
         self._publish = publish
@@ -165,6 +166,7 @@ class Supervisor:
         self._stats = stats
         self._on_synced = on_synced
         self._serving = serving
+        self._pending = pending  # why serving is not yet as it should be (workers starting)
         self._sync_task: asyncio.Task[None] | None = None
         # Set once and kept: a reload that re-lists clusters must not flip every
         # replica out of its Service at the same moment.
@@ -233,6 +235,9 @@ class Supervisor:
         logs, stale markings and explain instead."""
         if self._serving() == 0:
             return False, "no serving process is up (see the worker_died log lines)"
+        pending = self._pending()
+        if pending is not None:
+            return False, pending
         if not self.first_sync_over:
             waiting = [c["cluster"] for c in self.control.lagging()] if self.control else []
             return False, (
@@ -567,9 +572,20 @@ async def _serve_parent(
         # changed since (and a rollback's is a kept copy).
         pool.send(Reload(new.cfg))
 
+    def on_synced() -> None:
+        pool.send(Synced())  # the queries the current workers hold are answered
+        if not pool.renewed and sup.inst.fed is not None:
+            # Fork the workers again, now that the table holds the whole federation:
+            # they share its pages with this process instead of each building a copy
+            # from the plans (each old worker retires once its successor serves).
+            # Without a federation the first workers already share the zones, and a
+            # reload's workers load their own (the history records it first).
+            pool.renewed = True
+            pool.renew(sup.inst)
+
     sup = Supervisor(
-        inst, publish, on_reload, pool.stats, lambda: pool.send(Synced()), pool.alive,
-        version=version,
+        inst, publish, on_reload, pool.stats, on_synced, pool.alive,
+        version=version, pending=pool.pending,
     )
     stop = _install_signals(sup)
     await sup.start(admin)
@@ -580,6 +596,11 @@ async def _serve_parent(
         if not waiter.done() and not pool.respawn_dead(sup.inst, sup.inst.waiting()):
             code = 1
             break
+        grown = pool.grown(loop.time())
+        if grown is not None:
+            log.info("workers_renewed", grown_mb=round(grown / 1024),
+                     why="shared pages had become the workers' own (changes, reloads)")
+            pool.renew(sup.inst)
     await sup.stop()
     pool.stop()
     return code
@@ -610,18 +631,14 @@ def serve(
         log.info("serving", dns=f"{host}:{bound}", zones=zones, workers=1, udp=udp_mode)
         asyncio.run(_serve_single(inst, udp_sock, tcp_sock, admin, version))
         return 0
-    # SO_REUSEPORT: every worker binds the same address and the kernel spreads
-    # queries over them. A probe bind resolves port 0 and reports errors here,
-    # before any worker starts. Workers fork before the parent's event loop exists.
-    probe_u, probe_t = bind_sockets(host, port, True)
-    port = probe_u.getsockname()[1]
-    # Closed before forking: a child would inherit the probe, which stays in the
-    # SO_REUSEPORT group unread and swallows its share of the queries.
-    probe_u.close()
-    probe_t.close()
-    pool = WorkerPool(cfg, host, port, load_aside)
-    for _ in range(workers):
-        pool.spawn(inst, inst.waiting())
+    # SO_REUSEPORT: the control process binds one UDP socket and one TCP listener
+    # per worker slot (errors reported here, port 0 resolved) and keeps them; each
+    # worker serves its slot's. The first workers fork before the parent's event
+    # loop exists, and answer the static zones while the federation first syncs.
+    pool = WorkerPool(cfg, host, port, load_aside, workers)
+    port = pool.port
+    for slot in range(workers):
+        pool.spawn(inst, inst.waiting(), slot)
     log.info("serving", dns=f"{host}:{port}", zones=zones, workers=workers, udp=udp_mode)
     return asyncio.run(_serve_parent(inst, pool, admin, version))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
 
 try:
     import resource
@@ -71,32 +70,66 @@ def bind_sockets(host: str, port: int, reuse_port: bool) -> tuple[socket.socket,
     raise OSError("could not find a port free for both UDP and TCP")
 
 
+class Transports:
+    """The running transports of one process: call it to stop them, or ``retire``."""
+
+    def __init__(
+        self, rt: Runtime, udp_sock: socket.socket, mmsg: MmsgServer | None,
+        udp_transport: asyncio.BaseTransport | None, tcp_server: asyncio.AbstractServer,
+        conns: Connections,
+    ) -> None:
+        self.rt, self.udp_sock, self.mmsg = rt, udp_sock, mmsg
+        self.udp_transport, self.tcp_server, self.conns = udp_transport, tcp_server, conns
+
+    def __call__(self) -> None:
+        if self.mmsg is not None:
+            self.mmsg.close()
+        elif self.udp_transport is not None:
+            self.udp_transport.close()
+        self.tcp_server.close()
+        self.conns.close_all()
+
+    async def retire(self) -> None:
+        """Stop reading the sockets, which another process goes on reading (a worker
+        of the next generation inherited the same ones): what is queued in them is
+        its to answer. No shutdown(): that would end the socket for everyone. The
+        TCP connections held here are served until their clients close them or
+        ``tcp.idle_timeout`` does (bounded by it plus ``message_timeout``)."""
+        loop = asyncio.get_running_loop()
+        if self.mmsg is not None:
+            # The thread sees ``stopping`` at its next batch or receive timeout
+            # (0.5 s); the socket itself is left open.
+            self.mmsg.stopping = True
+            await loop.run_in_executor(None, self.mmsg.thread.join, 2.0)
+        elif self.udp_transport is not None:
+            self.udp_transport.close()  # this process's descriptor only
+        self.tcp_server.close()  # likewise: the listener lives on in the others
+        tcp = self.rt.cfg.tcp
+        deadline = loop.time() + tcp.idle_timeout + tcp.message_timeout + 1.0
+        while len(self.conns) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self.conns.close_all()
+
+
 async def run_transports(
     rt: Runtime, udp_sock: socket.socket, tcp_sock: socket.socket
-) -> Callable[[], None]:
+) -> Transports:
     """Serve UDP (mmsg thread or uvloop, per ``dns.udp``) and TCP; returns what stops them."""
     loop = asyncio.get_running_loop()
     conns = Connections(rt, fd_room(rt.cfg.tcp.max_connections))
-    close_udp: Callable[[], None]
+    mmsg: MmsgServer | None = None
+    udp_transport: asyncio.BaseTransport | None = None
     if resolve_mode(rt.cfg.udp) == "mmsg":
         mmsg = MmsgServer(rt, udp_sock)
         mmsg.start()
-        close_udp = mmsg.close
     else:
         udp_transport, _ = await loop.create_datagram_endpoint(
             lambda: UdpProtocol(rt), sock=udp_sock
         )
-        close_udp = udp_transport.close
     tcp_server = await loop.create_server(
         lambda: TcpProtocol(rt, conns), sock=tcp_sock, backlog=LISTEN_BACKLOG
     )
-
-    def close() -> None:
-        close_udp()
-        tcp_server.close()
-        conns.close_all()
-
-    return close
+    return Transports(rt, udp_sock, mmsg, udp_transport, tcp_server, conns)
 
 
 def fd_room(max_connections: int) -> int | None:

@@ -276,7 +276,10 @@ class MmsgServer:
         call_soon = self.loop.call_soon_threadsafe
         while not self.stopping:
             n = recvmmsg(fd, rhdrs, count, flags, None)
-            if n <= 0 or self.stopping:
+            # A batch received as ``stopping`` is set is still answered: a retiring
+            # worker's socket lives on (its successor reads it), and no one else
+            # would answer these.
+            if n <= 0:
                 if not self.stopping and n < 0 and self._recv_failed(get_errno()):
                     break
                 continue
