@@ -30,14 +30,21 @@ nothing in them), each with fakes of its own:
 ``--baseline DIR`` runs the same fedns measurements from another source tree
 (``git archive REV | tar -x -C DIR``) against the same fakes, in the same run.
 
-``--trace N`` adds where the memory goes, in-process (no sockets but the fakes'):
-this process runs the registry, ``Control`` and the answer table as ``fedns
-serve`` wires them, at ``--trace-shape`` (default 10 x 200 x 20: tracing makes
-it ~5x slower), takes a ``tracemalloc`` snapshot after the first publish and
-prints the bytes per endpoint by area (registry, plans, control, answer table)
-and the N biggest allocating lines (attributed to the innermost frame in
-``resolver/``). With ``--baseline`` the baseline tree is traced too.
-``--in-process`` runs only that (the development loop: seconds, not minutes).
+``--trace N`` adds where the memory and the CPU go, in-process (no sockets but
+the fakes'): a fresh interpreter runs the registry, ``Control`` and the answer
+table as ``fedns serve`` wires them. At each of ``--phase-shapes`` (default 50 x
+1, 50 x 100 and 50 x 200 services x 20: the clusters' own cost, then two sizes
+for what each endpoint adds) it times the CPU from start to the first publish
+by phase (``time.process_time`` inside the list parse, the stripping, the
+registry insert, the plans and the answer table; the rest of the sync is HTTP
+and kubernetes-asyncio) and reads RSS, and projects both to 2,000,000
+endpoints, linearly between the two largest. At ``--trace-shape`` (default 10 x
+200 x 20: tracing makes it ~5x slower) it takes a ``tracemalloc`` snapshot after
+the first publish and prints the bytes per endpoint by area (registry, plans,
+control, answer table) and the N biggest allocating lines (attributed to the
+innermost frame in ``resolver/``). With ``--baseline`` the baseline tree is
+measured too. ``--in-process`` runs only that (the development loop: a minute
+or two, not the ten of a full run).
 
 Results print as they come and, for a full run (not ``--quick``, not
 ``--no-write``, not ``--in-process``), replace the ``scale`` section of
@@ -46,6 +53,7 @@ benchmarks/RESULTS.md (analysis after its ``<!-- scale:notes -->`` line is kept)
 Usage: python3 benchmarks/scale.py [--clusters 50] [--sizes 0,1000,2000] [--endpoints 20]
                                    [--flips 50] [--baseline DIR] [--trace N]
                                    [--in-process] [--trace-shape 10,200,20]
+                                   [--phase-shapes 50x1x20,50x100x20,50x200x20]
                                    [--quick] [--workdir DIR] [--no-write]
 """
 
@@ -226,7 +234,7 @@ def area_of(filename: str) -> str:
         if stem == "plan.py":
             return "plans (plan.py: candidates, labels)"
         if stem == "control.py":
-            return "control (control.py: per-endpoint health history, stamped candidates)"
+            return "control (control.py: per-service state)"
         if stem == "router.py":
             return "answer table (router.py: names, Addresses)"
         return "federation, other"
@@ -235,9 +243,55 @@ def area_of(filename: str) -> str:
     return "other (interpreter, libraries)"
 
 
+# CPU from start to the first publish, by phase: the functions each is timed in.
+PHASES = {
+    "parse": "list bodies parsed (json.loads)",
+    "strip": "items stripped to the model's objects (strip_*)",
+    "insert": "registry insert (Registry._replace)",
+    "sync_rest": "rest of the sync: HTTP, kubernetes-asyncio, the event loop",
+    "plan": "plans (Control.plan: snapshot, plan, health stamps)",
+    "table": "answer table (the publish callback: Publisher.apply)",
+    "publish_rest": "rest of the publish: Control bookkeeping",
+}
+
+
+class Phases:
+    """``time.process_time`` spent inside a few functions, summed by phase (the
+    functions are never nested in one another, so the phases add up)."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+
+    def wrap(self, phase: str, fn: Any) -> Any:
+        cpu = self.cpu
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                cpu[phase] += time.process_time() - t
+
+        return timed
+
+    def install(self) -> None:
+        """Wrap the functions (this process only: a probe runs in its own)."""
+        from types import SimpleNamespace
+
+        from resolver.federation import control, registry
+        from resolver.federation.sources import kubernetes
+
+        kubernetes.json = SimpleNamespace(loads=self.wrap("parse", json.loads))  # type: ignore[assignment]
+        for name in ("strip_service", "strip_slice", "strip_export"):
+            setattr(kubernetes, name, self.wrap("strip", getattr(kubernetes, name)))
+        registry.Registry._replace = self.wrap("insert", registry.Registry._replace)  # type: ignore[method-assign]
+        control.Control.plan = self.wrap("plan", control.Control.plan)  # type: ignore[method-assign]
+
+
 def probe(C: int, S: int, E: int, trace: int, deadline: float, wait: float) -> dict[str, Any]:
     """Sync and publish in this process as ``fedns serve`` does: RSS before and after,
-    and with ``trace``, a tracemalloc snapshot after the first publish."""
+    CPU by phase (``PHASES``), and with ``trace``, a tracemalloc snapshot after the
+    first publish."""
     with prop.fake_servers(C, S, E, placed=True) as fakes, tempfile.TemporaryDirectory() as d:
         # Imported before RSS is first read: its ~35 MB are the same at any size.
         import kubernetes_asyncio.client  # noqa: F401
@@ -250,6 +304,8 @@ def probe(C: int, S: int, E: int, trace: int, deadline: float, wait: float) -> d
         setup("warning")
         inst = load_instance(load_config(write_config(Path(d), fakes, wait)))
         assert inst.fed is not None
+        phases = Phases()
+        phases.install()
 
         async def run() -> dict[str, Any]:
             gc.collect()
@@ -258,7 +314,7 @@ def probe(C: int, S: int, E: int, trace: int, deadline: float, wait: float) -> d
                 tracemalloc.start(6)
             t0, c0 = time.monotonic(), time.process_time()
             assert inst.fed is not None
-            ctl = Control(inst.fed, inst.apply)
+            ctl = Control(inst.fed, phases.wrap("table", inst.apply))
             await ctl.start()
             synced = await ctl.registry.wait_synced(deadline)
             t1, c1 = time.monotonic(), time.process_time()
@@ -275,7 +331,11 @@ def probe(C: int, S: int, E: int, trace: int, deadline: float, wait: float) -> d
                 "rss0": rss0,
                 "rss": _rss_mb(),
                 "hwm": _rss_mb("VmHWM"),
+                "phases": phases.cpu,
             }
+            cpu = phases.cpu
+            cpu["sync_rest"] = c1 - c0 - cpu["parse"] - cpu["strip"] - cpu["insert"]
+            cpu["publish_rest"] = c2 - c1 - cpu["plan"] - cpu["table"]
             if trace:
                 res["trace"] = _breakdown(tracemalloc.take_snapshot(), C * S * E, trace)
                 tracemalloc.stop()
@@ -360,9 +420,23 @@ def part_trace(args: argparse.Namespace) -> dict[str, Any]:
     trees: list[tuple[str, Path | None]] = [("this tree", args.fedns_src)]
     if args.baseline is not None:
         trees.append(("baseline", args.baseline))
+    shapes = list(dict.fromkeys([*args.phase_shapes, (C, S, E)]))
+    out["shapes"] = shapes
     for name, src in trees:
+        runs: dict[tuple[int, int, int], dict[str, Any]] = {}
+        for shape in shapes:
+            say(f"== in-process, {name}: {' x '.join(f'{x:,}' for x in shape)}, untraced")
+            r = runs[shape] = run_probe(args, shape, src, 0)
+            n = r["endpoints"]
+            say(
+                f"   CPU to the first publish {r['sync_cpu_s'] + r['publish_cpu_s']:.2f} s "
+                f"({(r['sync_cpu_s'] + r['publish_cpu_s']) * 1e6 / n:.1f} us per endpoint); RSS "
+                f"{r['rss0']:.0f} -> {r['rss']:.0f} MB (peak {r['hwm']:.0f}): "
+                f"{(r['rss'] - r['rss0']) * 2**20 / n:.0f} B per endpoint"
+            )
+            say("   " + "; ".join(f"{k} {v:.2f} s" for k, v in r["phases"].items()))
         say(f"== in-process, {name}: {C} x {S:,} x {E} ({C * S * E:,} endpoints), traced")
-        plain = run_probe(args, (C, S, E), src, 0)
+        plain = runs[(C, S, E)]
         traced = run_probe(args, (C, S, E), src, max(1, args.trace))
         n = plain["endpoints"]
         say(
@@ -379,8 +453,30 @@ def part_trace(args: argparse.Namespace) -> dict[str, Any]:
                 f"   {row['bytes_per_endpoint']:7.1f} B/endpoint {row['mb']:7.2f} MB "
                 f"{row['blocks']:8d} blocks  {row['where']}  {row['code']}"
             )
-        out["trees"][name] = {"plain": plain, "traced": traced}
+        out["trees"][name] = {"plain": plain, "traced": traced, "runs": runs}
     return out
+
+
+def projection(runs: dict[tuple[int, int, int], dict[str, Any]], n: int) -> dict[str, float]:
+    """CPU to the first publish and RSS at ``n`` endpoints, linear between the two
+    largest shapes with the most clusters: what grows with the endpoints, on top of
+    what the clusters cost whatever they hold (a client each: ~0.9 MB and ~20 ms)."""
+    most = max(c for c, _, _ in runs)
+    pts = sorted(
+        (r["endpoints"], r["sync_cpu_s"] + r["publish_cpu_s"], r["rss"])
+        for (c, _, _), r in runs.items()
+        if c == most
+    )
+    n2, c2, m2 = pts[-1]
+    n1, c1, m1 = pts[-2] if len(pts) > 1 else (0, 0.0, runs[max(runs)]["rss0"])
+    cpu_per, mem_per = (c2 - c1) / (n2 - n1), (m2 - m1) / (n2 - n1)
+    return {
+        "cpu_s": c2 + cpu_per * (n - n2),
+        "rss_mb": m2 + mem_per * (n - n2),
+        "cpu_us_per_endpoint": cpu_per * 1e6,
+        "bytes_per_endpoint": mem_per * 2**20,
+        "from": (n1, n2),
+    }
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -563,6 +659,58 @@ def trace_table(traced: dict[str, Any]) -> list[str]:
         out.append(
             f"| {r['bytes_per_endpoint']:.1f} | {r['blocks']:,} | `{r['where']}` | `{code}` |"
         )
+    runs = {n: traced["trees"][n].get("runs", {}) for n in names}
+    shapes = [tuple(x) for x in traced.get("shapes", [])]
+    if shapes and all(runs.values()):
+        out += [
+            "",
+            "CPU seconds (`time.process_time`) from start to the first publish, by phase, "
+            "and RSS, untraced (each shape in a fresh interpreter, fakes of its own):",
+            "",
+            "| | "
+            + " | ".join(f"{'x'.join(map(str, sh))}, {n}" for sh in shapes for n in names)
+            + " |",
+            "|---|" + "---:|" * (len(shapes) * len(names)),
+        ]
+
+        def cell(sh: tuple[int, ...], n: str, f: Any) -> str:
+            r = runs[n].get(sh)
+            return "n/a" if r is None else f(r)
+
+        def prow(label: str, f: Any) -> str:
+            return (
+                f"| {label} | " + " | ".join(cell(sh, n, f) for sh in shapes for n in names) + " |"
+            )
+
+        for key, label in PHASES.items():
+            out.append(prow(label, lambda r, key=key: f"{r['phases'].get(key, 0.0):.2f}"))
+        out += [
+            prow(
+                "CPU to the first publish",
+                lambda r: f"{r['sync_cpu_s'] + r['publish_cpu_s']:.2f} s",
+            ),
+            prow(
+                "per endpoint",
+                lambda r: f"{(r['sync_cpu_s'] + r['publish_cpu_s']) * 1e6 / r['endpoints']:.1f} us",
+            ),
+            prow(
+                "RSS: before -> after (peak); per endpoint",
+                lambda r: (
+                    f"{r['rss0']:.0f} -> {r['rss']:.0f} ({r['hwm']:.0f}) MB; "
+                    f"{(r['rss'] - r['rss0']) * 2**20 / r['endpoints']:,.0f} B"
+                ),
+            ),
+            "",
+        ]
+        for n in names:
+            pr = projection(runs[n], 2_000_000)
+            lo, hi = pr["from"]
+            out.append(
+                f"- {n}, projected to 2,000,000 endpoints (linear from {lo:,} to {hi:,} "
+                f"endpoints: {pr['cpu_us_per_endpoint']:.1f} us and "
+                f"{pr['bytes_per_endpoint']:,.0f} B per endpoint): {pr['cpu_s']:.0f} s of CPU "
+                f"to the first publish, RSS {pr['rss_mb']:,.0f} MB"
+            )
     return [*out, ""]
 
 
@@ -602,13 +750,21 @@ def main() -> int:
     ap.add_argument("--fedns-src", type=Path, help="run 'this tree' from another source tree")
     ap.add_argument("--trace", type=int, default=0, help="the memory breakdown, N top lines")
     ap.add_argument("--trace-shape", default="10,200,20", help="clusters,services,endpoints")
-    ap.add_argument("--in-process", action="store_true", help="only the traced breakdown")
+    ap.add_argument(
+        "--phase-shapes",
+        default="50x1x20,50x100x20,50x200x20",
+        help="in-process shapes (CxSxE, comma-separated) timed by phase, untraced, with --trace",
+    )
+    ap.add_argument("--in-process", action="store_true", help="only the in-process part")
     ap.add_argument("--quick", action="store_true", help="10 clusters, sizes 0,100,200, 10 flips")
     ap.add_argument("--workdir", help="keep configs and fedns logs here (default: a temp dir)")
     ap.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.trace_shape = tuple(_ints(args.trace_shape))
+    args.phase_shapes = [
+        tuple(int(x) for x in sh.split("x")) for sh in args.phase_shapes.split(",") if sh.strip()
+    ]
     if args.probe:
         src = os.environ.get("FEDNS_SRC")
         if src:  # propagation put this checkout first; the probed tree goes before it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import replace
@@ -25,18 +26,18 @@ from .plan import (
     PlanId,
     PlanUpdate,
     ServicePlan,
+    Stamp,
     choose_probe,
     merged_annotations,
     plan_from_snapshot,
 )
-from .policy import Candidate, ProbeView
+from .policy import ProbeView, Stamps
 from .registry import Registry
 from .sources import build_sources
 
 log = structlog.get_logger("fedns.control")
 
 Publish = Callable[[PlanUpdate], None]
-_Seen = tuple[bool, float, str, float, bool, float]
 
 
 class Control:
@@ -46,11 +47,9 @@ class Control:
         self.fed = fed
         self.publish = publish
         self.registry = registry if registry is not None else Registry.from_config(fed)
+        # The last plan of each service; its candidates also say when each health
+        # input last changed as this instance saw it (see _stamps).
         self.plans: dict[ServiceKey, ServicePlan] = {}
-        # Per service and endpoint (cluster, name), when each health input last
-        # changed as this instance saw it: (healthy, since, condition, ready_since,
-        # stale, stale_since); see _stamp.
-        self._seen: dict[ServiceKey, dict[tuple[str, str], _Seen]] = {}
         # Per service: its answer set, when it last changed, and whether it had
         # endpoints (the health-aware TTL, _stability); and the timer that ends
         # its flap window.
@@ -76,8 +75,11 @@ class Control:
 
     def republish(self) -> None:
         """Plan every service again and publish all of it (into a new table)."""
-        self.plans.clear()
-        self.on_change(self.registry.keys())
+        keys = self.registry.keys()
+        # The plans stay: they are the endpoints' health history (see _stamps).
+        for key in self.plans.keys() - keys:
+            del self.plans[key]
+        self.on_change(keys, everything=True)
 
     async def start(self) -> None:
         self._unsub = self.registry.subscribe(self.on_change)
@@ -105,7 +107,6 @@ class Control:
         snap = self.registry.snapshot(key)
         prober = self.prober
         if snap is None:
-            self._seen.pop(key, None)
             self._answers.pop(key, None)
             settle = self._settle.pop(key, None)
             if settle is not None:
@@ -130,41 +131,38 @@ class Control:
                     wanted.add(t)
                     return prober.state(t).view() if prober is not None else None
 
-        plan = plan_from_snapshot(self.fed.zone, snap, self.defaults, override, health, choice)
+        now = time.time()
+        stamp = self._stamps(self.plans.get(key), now)
+        plan = plan_from_snapshot(
+            self.fed.zone, snap, self.defaults, override, health, choice, stamp
+        )
         if prober is not None:
             prober.assign(key, frozenset(wanted))
         if problem:
             plan = replace(plan, problems=(*plan.problems, problem))
-        now = time.time()
-        seen = self._seen.get(key, {})
-        fresh: dict[tuple[str, str], _Seen] = {}
-        plan = replace(plan, candidates=tuple(self._stamp(seen, fresh, c, now) for c in plan.candidates))
-        self._seen[key] = fresh
         return self._stability(key, plan, now)
 
     @staticmethod
-    def _stamp(
-        seen: dict[tuple[str, str], _Seen], fresh: dict[tuple[str, str], _Seen], c: Candidate,
-        now: float,
-    ) -> Candidate:
-        """When each of this endpoint's health inputs (and its effective health) last
-        changed, as this instance saw it (for explain)."""
-        k = (c.cluster, c.name)
-        prev = seen.get(k)
-        if prev is None:
-            cur = (c.healthy, now, c.condition, now, c.stale, now)
-        else:
-            h, hs, cond, rs, st, ss = prev
-            cur = (
-                c.healthy,
-                hs if h == c.healthy else now,
-                c.condition,
-                rs if cond == c.condition else now,
-                c.stale,
-                ss if st == c.stale else now,
-            )
-        fresh[k] = cur
-        return replace(c, since=cur[1], ready_since=cur[3], stale_since=cur[5])
+    def _stamps(old: ServicePlan | None, now: float) -> Stamp:
+        """When each endpoint's health inputs (and its effective health) last changed,
+        as this instance saw it (for explain): from the service's last plan, whose
+        candidates carry them (a history of its own cost ~190 bytes per endpoint)."""
+        first = (now, now, now)
+        if old is None or not old.candidates:
+            return lambda _cl, _name, _healthy, _cond, _stale: first
+        prev = {(c.cluster, c.name): c for c in old.candidates}
+
+        def stamp(cluster: str, name: str, healthy: bool, cond: str, stale: bool) -> Stamps:
+            p = prev.get((cluster, name))
+            if p is None:
+                return first
+            same = (p.healthy == healthy, p.condition == cond, p.stale == stale)
+            if all(same):
+                return p.stamps  # the tuple itself: shared, not one more per endpoint
+            t = p.stamps
+            return (t[0] if same[0] else now, t[1] if same[1] else now, t[2] if same[2] else now)
+
+        return stamp
 
     def _stability(self, key: ServiceKey, plan: ServicePlan, now: float) -> ServicePlan:
         """Health-aware TTL: a service whose answer set changed within the last
@@ -232,10 +230,24 @@ class Control:
         self.on_change(self.registry.keys() | self._held)
         self._held = set()
 
-    def on_change(self, keys: frozenset[ServiceKey]) -> None:
+    def on_change(self, keys: frozenset[ServiceKey], everything: bool = False) -> None:
+        """Plan ``keys`` again and publish the plans that changed (``everything``: all)."""
         if self.holding:
             self._held.update(keys)
             return
+        # Plans and the table they publish are made by the million at the first
+        # publish, none of it cyclic garbage; the collector's passes over them and
+        # over everything the registry holds were a fifth of that publish's CPU at
+        # 200,000 endpoints (benchmarks/scale.py).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._replan(keys, everything)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _replan(self, keys: frozenset[ServiceKey], everything: bool) -> None:
         plans: list[ServicePlan] = []
         removed: list[PlanId] = []
         for key in keys:
@@ -247,10 +259,10 @@ class Control:
                     removed.append(old.ident)
                     del self.plans[key]
                 continue
-            if plan == old:
+            if plan == old and not everything:
                 continue
             for problem in plan.problems:
-                if old is None or problem not in old.problems:
+                if old is None or everything or problem not in old.problems:
                     log.warning("annotation_ignored", service=str(key), problem=problem)
             self.plans[key] = plan
             plans.append(plan)

@@ -16,7 +16,7 @@ from typing import Any
 from ..config import NO_FILE, ConfigError
 from .health import ProbeSpec, parse_probe
 from .model import FederatedService, ip_text
-from .policy import Candidate, Policy, ProbeView, policy_fields, with_fields
+from .policy import Candidate, Policy, ProbeView, Stamps, policy_fields, with_fields
 
 _LABEL_OK = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 PROBE_ANNOTATION = "fedns.io/probe"  # read by choose_probe, not as a policy key
@@ -194,6 +194,9 @@ def choose_probe(
 
 
 Health = Callable[[str, str], ProbeView | tuple[bool, str, float] | None]
+# (cluster, endpoint label, healthy, condition, stale) -> when the effective health,
+# the condition and the staleness last changed: (since, ready_since, stale_since).
+Stamp = Callable[[str, str, bool, str, bool], Stamps]
 
 
 def plan_from_snapshot(
@@ -203,12 +206,15 @@ def plan_from_snapshot(
     override: Mapping[str, Any] | None = None,
     health: Health | None = None,
     probe: ProbeChoice = NO_PROBE,
+    stamp: Stamp | None = None,
 ) -> ServicePlan:
     """A ``ServicePlan`` from a registry ``FederatedService`` snapshot.
 
     ``health(cluster, address)`` may overrule readiness with an active probe
     result: a ``ProbeView`` (or ``(healthy, reason, since)``), or None when the
     endpoint is not probed. ``probe``: which probe that is, for explain.
+    ``stamp``: when each candidate's health inputs last changed (see ``Stamp``);
+    without it ``since`` is the probe's and the other two are unknown (0).
     """
     annotations: dict[str, str] = {}
     ports: dict[tuple[str, str], PlanPort] = {}
@@ -225,41 +231,38 @@ def plan_from_snapshot(
             if p.name and _LABEL_OK.match(p.name.lower()):
                 proto = p.protocol.lower()
                 ports.setdefault((p.name.lower(), proto), PlanPort(p.name.lower(), p.port, proto))
+        # The same for every endpoint of the cluster: read once (a million endpoints
+        # are planned at the first publish, and each lookup here costs per endpoint).
+        name, region, czone, weight, stale = cl.name, cl.region, cl.zone, cl.weight, cs.stale
+        add = cands.append
         for ep in cs.endpoints:
             v4, v6 = split_families(ep.addresses)
             if not v4 and not v6:
                 continue
-            healthy = bool(ep.ready)
-            condition = "ready" if ep.ready else ("terminating" if ep.terminating else "not ready")
+            healthy = ep.ready
+            condition = "ready" if healthy else ("terminating" if ep.terminating else "not ready")
             reason = condition
             since = 0.0
             view: ProbeView | None = None
             if health is not None:
-                result = health(cl.name, v4[0] if v4 else v6[0])
+                result = health(name, v4[0] if v4 else v6[0])
                 if isinstance(result, tuple):
                     result = ProbeView(result[0], result[2], result[1])
                 view = result
                 if view is not None and healthy:
                     healthy, since = view.up, view.since
                     reason = f"ready; probe {'up' if healthy else 'down'}: {view.reason}"
-            if cs.stale:
+            if stale:
                 reason += " (cluster stale: last-known data)"
-            reason = reasons.setdefault(reason, reason)
-            cands.append(
+            if reason is not condition:
+                reason = reasons.setdefault(reason, reason)
+            label = endpoint_label(ep.hostname, v4 + v6 if v6 else v4)
+            # Positional: a million are made at the first publish.
+            add(
                 Candidate(
-                    cluster=cl.name,
-                    region=cl.region,
-                    zone=ep.zone or cl.zone,
-                    name=endpoint_label(ep.hostname, v4 + v6),
-                    v4=v4,
-                    v6=v6,
-                    healthy=healthy,
-                    health_reason=reason,
-                    weight=cl.weight,
-                    since=since,
-                    condition=condition,
-                    probe=view,
-                    stale=cs.stale,
+                    name, region, ep.zone or czone, label, v4, v6, healthy, reason, weight,
+                    since, condition, 0.0, view, stale, 0.0,
+                    None if stamp is None else stamp(name, label, healthy, condition, stale),
                 )
             )
     policy, problems = policy_from(defaults, annotations, override)
@@ -269,20 +272,24 @@ def plan_from_snapshot(
         name=fs.key.name.lower(),
         policy=policy,
         ports=tuple(ports.values()),
-        candidates=tuple(_unique_names(cands)),
+        candidates=tuple(_unique_names(cands, stamp)),
         clusters=tuple(clusters),
         problems=problems,
         probe=probe,
     )
 
 
-def _unique_names(cands: list[Candidate]) -> list[Candidate]:
+def _unique_names(cands: list[Candidate], stamp: Stamp | None = None) -> list[Candidate]:
     """Two endpoints of one cluster must not share a DNS label (e.g. equal hostnames)."""
     seen: set[tuple[str, str]] = set()
     out = []
     for c in cands:
         if (c.cluster, c.name) in seen:
-            c = replace(c, name=endpoint_label(None, c.v4 + c.v6))
+            name = endpoint_label(None, c.v4 + c.v6)
+            if stamp is None:
+                c = replace(c, name=name)
+            else:  # its history is the renamed endpoint's
+                c = replace(c, name=name, _stamps=stamp(c.cluster, name, c.healthy, c.condition, c.stale))
         if (c.cluster, c.name) in seen:
             continue
         seen.add((c.cluster, c.name))

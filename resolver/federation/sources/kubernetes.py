@@ -37,8 +37,10 @@ while, so a quiet cluster is not mistaken for a dead one.
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import json
+import os
 import random
 import sys
 import time
@@ -49,7 +51,9 @@ from typing import Any
 
 import aiohttp
 import structlog
+import yaml
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.config.kube_config import ConfigNode, KubeConfigLoader
 
 from ..config import ExportConfig
 from ..model import (
@@ -196,10 +200,6 @@ def _ip(v: Any) -> str | None:
     return None if t is None else t[0]
 
 
-def _opt(v: Any) -> str | None:
-    return sys.intern(v) if isinstance(v, str) and v else None
-
-
 def strip_service(obj: Any, keep_labels: bool = False) -> ServiceObject | None:
     m = _meta(obj)
     if m is None:
@@ -237,6 +237,7 @@ def strip_slice(obj: Any, cluster: str) -> SliceObject | None:
         return None  # not owned by a Service, or FQDN slices (not addresses)
     eps: list[Endpoint] = []
     refs: list[str | None] = []
+    intern = sys.intern
     raw_eps = obj.get("endpoints")
     for e in raw_eps if isinstance(raw_eps, list) else ():
         if not isinstance(e, dict):
@@ -245,8 +246,9 @@ def strip_slice(obj: Any, cluster: str) -> SliceObject | None:
         if not isinstance(addrs_raw, list):
             continue
         if len(addrs_raw) == 1:  # nearly always (dual-stack pods are in two slices)
-            a = _ip(addrs_raw[0])
-            addrs: tuple[str, ...] = (a,) if a else ()
+            raw = addrs_raw[0]
+            t = ip_text(raw) if isinstance(raw, str) else None
+            addrs: tuple[str, ...] = (t[0],) if t is not None else ()
         else:
             addrs = tuple(a for a in map(_ip, addrs_raw) if a)
         if not addrs:
@@ -267,6 +269,7 @@ def strip_slice(obj: Any, cluster: str) -> SliceObject | None:
                 kind = ref.get("kind")
                 ref_id = pod if kind in (None, "Pod") else f"{kind}/{pod}"
         hostname = e.get("hostname")
+        zone, node = e.get("zone"), e.get("nodeName")  # interned: a few per cluster
         # Positional: a million endpoints are made at startup (keywords cost ~10 %).
         eps.append(
             Endpoint(
@@ -275,9 +278,9 @@ def strip_slice(obj: Any, cluster: str) -> SliceObject | None:
                 ready,
                 serving,
                 terminating,
-                _opt(e.get("zone")),
+                intern(zone) if isinstance(zone, str) and zone else None,
                 hostname.lower() if isinstance(hostname, str) and hostname else None,
-                _opt(e.get("nodeName")),
+                intern(node) if isinstance(node, str) and node else None,
             )
         )
         refs.append(ref_id)
@@ -599,6 +602,63 @@ class Reflector:
 
 # -- the source --------------------------------------------------------------------------------
 
+# Parsed kubeconfig files, by path: (mtime, size) and the document. Member clusters
+# often share one file with a context each, which kubernetes-asyncio parses whole
+# (pure-Python YAML) for every cluster: 1.1 s of CPU at start for 50 clusters.
+_KUBECONFIGS: dict[str, tuple[tuple[int, int], Any]] = {}
+_NAMED = ("clusters", "contexts", "users")
+
+
+def _kubeconfig_node(path: str, context: str | None) -> ConfigNode | None:
+    """What ``load_kube_config`` reads of one kubeconfig file for one context: the
+    context, its cluster and its user (each list's first entry of a name, as the
+    library's merge keeps), parsed once per file version. The node carries the
+    file's path, against which the library resolves relative certificate paths.
+    None when the file is not one plain kubeconfig (missing, several paths, not a
+    mapping, no such context): the library's own loading then says what is wrong."""
+    if os.pathsep in path:
+        return None
+    try:
+        st = os.stat(path)
+        version = (st.st_mtime_ns, st.st_size)
+        cached = _KUBECONFIGS.get(path)
+        if cached is not None and cached[0] == version:
+            doc = cached[1]
+        else:
+            with open(path, encoding="utf-8") as f:
+                doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            _KUBECONFIGS[path] = (version, doc)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    named: dict[str, dict[str, Any]] = {}
+    for kind in _NAMED:
+        items = doc.get(kind) or []
+        if not isinstance(items, list):
+            return None
+        first: dict[str, Any] = {}
+        for item in items:
+            if not isinstance(item, dict) or "name" not in item:
+                return None
+            first.setdefault(item["name"], item)
+        named[kind] = first
+    name = context if context is not None else doc.get("current-context")
+    if not isinstance(name, str):
+        return None
+    ctx = named["contexts"].get(name)
+    body = ctx.get("context") if ctx is not None else None
+    if not isinstance(body, dict):
+        return None
+    mini = {
+        "current-context": name,
+        "contexts": [ctx],
+        "clusters": [c for n, c in named["clusters"].items() if n == body.get("cluster")],
+        "users": [u for n, u in named["users"].items() if n == body.get("user")],
+    }
+    # A copy: the loader writes refreshed tokens into what it is given.
+    return ConfigNode(path, copy.deepcopy(mini), path)
+
 
 class KubernetesSource:
     """One cluster: its own Configuration + ApiClient, one Reflector per resource, a heartbeat."""
@@ -626,12 +686,20 @@ class KubernetesSource:
         if self.cluster.in_cluster:
             config.load_incluster_config(client_configuration=cfg)
         else:
-            await config.load_kube_config(
-                config_file=str(self.cluster.kubeconfig),
-                context=self.cluster.context,
-                client_configuration=cfg,
-                persist_config=False,  # never rewrite the operator's kubeconfig
-            )
+            path = str(self.cluster.kubeconfig)
+            node = _kubeconfig_node(path, self.cluster.context)
+            if node is None:  # not one plain file: the library reads (and merges) it
+                await config.load_kube_config(
+                    config_file=path,
+                    context=self.cluster.context,
+                    client_configuration=cfg,
+                    persist_config=False,  # never rewrite the operator's kubeconfig
+                )
+            else:
+                loader = KubeConfigLoader(
+                    config_dict=node, active_context=self.cluster.context, config_base_path=None
+                )
+                await loader.load_and_set(cfg)
         return cfg
 
     def _touch(self) -> None:
