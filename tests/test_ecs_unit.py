@@ -28,6 +28,7 @@ from resolver.dns.ecs import (
     special_block,
 )
 from resolver.dns.wire import FormErr
+from resolver.federation.locality import LocalityMap
 
 # (label, option data, valid?)
 CASES: list[tuple[str, bytes, bool]] = [
@@ -197,3 +198,55 @@ def test_reply_option_echoes_the_query() -> None:
     opt = reply_option(cs, 20)
     assert opt == b"\x00\x08\x00\x07" + data[:3] + bytes([20]) + data[4:]
     assert reply_option(parse_ecs(data), 20) is opt
+
+
+# -- the locality bucket of a subnet (LocalityMap.block_of) ----------------------------
+
+_RULE = st.tuples(st.booleans(), st.integers(0, (1 << 128) - 1), st.integers(0, 56),
+                  st.sampled_from(("a", "b", "c")))
+
+
+def _lmap(rules: list[tuple[bool, int, int, str]]) -> LocalityMap:
+    out = []
+    for v4, value, plen, region in rules:
+        width = 32 if v4 else 128
+        bits = min(plen, 24 if v4 else 56)
+        net = ipaddress.ip_network(((value >> (128 - width)) if v4 else value, bits), strict=False)
+        out.append((str(net), region, None))
+    return LocalityMap.from_rules(list({r[0]: r for r in out}.values()))
+
+
+@given(
+    rules=st.lists(_RULE, max_size=30),
+    family=st.sampled_from((1, 2)),
+    source=st.integers(1, 128),
+    value=st.integers(0, (1 << 128) - 1),
+    private=st.sampled_from((None, "10.1.0.0", "192.168.7.0", "fd00::")),
+)
+def test_block_of_is_the_block_place_uses(
+    rules: list[tuple[bool, int, int, str]], family: int, source: int, value: int,
+    private: str | None,
+) -> None:
+    """``block_of`` finds, for any rules and any valid subnet, the partition block
+    whose Match ``place`` gives (one bisect in a slice of the blocks, not over all);
+    None exactly where ``place`` falls back to the packet's source (unmapped
+    private space)."""
+    if private is not None:
+        ip = ipaddress.ip_address(private)
+        family = 1 if ip.version == 4 else 2
+        value = (int(ip) << (128 - ip.max_prefixlen)) | (value >> 104)
+    width = MAX_SOURCE[family]
+    source = min(source, width)
+    need = (source + 7) // 8
+    v = (value >> (128 - width)) >> (width - source) << (width - source)
+    addr = (v >> (width - need * 8)).to_bytes(need, "big")
+    lm = _lmap(rules)
+    placed = lm.place(parse_ecs(ecs_option(family, source, 0, addr)[4:]), ("192.0.2.1", 53))
+    i = lm.block_of(family, addr, source)
+    if placed.basis != "ecs":
+        assert i is None
+        return
+    assert i is not None
+    assert lm.blocks(family)[i][1] is placed.match
+    starts = [int(ipaddress.ip_network(c).network_address) for c, _ in lm.blocks(family)]
+    assert starts[i] <= placed.value and (i + 1 == len(starts) or placed.value < starts[i + 1])

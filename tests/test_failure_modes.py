@@ -1152,9 +1152,10 @@ def test_a_flood_of_distinct_questions_keeps_memory_bounded(tmp_path: Path) -> N
     """166,000 questions never asked before (a million distinct names, scaled to run in
     about 15 s), in two phases: new names below an existing one (15 %), existing names in
     new letter cases (5 %), and the federated name from a new client /24 in ECS (80 %).
-    The first phase fills every cache to its bound (``Table.replies`` and ``Table.below``
-    16,384 entries each; the EDNS and subnet memos and the routers' memo 65,536 each),
-    which costs what a full set of caches costs; from then on each cache is emptied
+    The first phase fills the caches to their bounds (``Table.replies`` and ``Table.below``
+    16,384 entries each; the new subnets fill no per-subnet memo, as they are answered
+    from ``Table.buckets``, one reply per locality bucket, and enter ``replies`` only when
+    asked again), which costs what full caches cost; from then on each cache is emptied
     whole when full, so the second phase, as many new questions again, must not grow
     the process: by less than a tenth of what the first filling took."""
     settings = {
@@ -1196,8 +1197,10 @@ def test_a_flood_of_distinct_questions_keeps_memory_bounded(tmp_path: Path) -> N
         assert answered >= 0.99 * 2 * PHASE, f"only {answered} of {2 * PHASE} answered"
         fill = peaks[0] - start
         trail = f"RSS {start:.0f} MB at start, peaks per phase {[round(p) for p in peaks]} MB"
-        assert fill > 20, f"were the caches filled? {trail}"
-        assert peaks[1] - peaks[0] < 0.1 * fill, trail
+        assert fill > 5, f"were the caches filled? {trail}"
+        # (3 MB: the allocator's own slack in a ~100 MB process, now that the ECS
+        # subnets no longer fill per-subnet memos and the filling itself is small.)
+        assert peaks[1] - peaks[0] < max(0.1 * fill, 3.0), trail
         assert f.answer(f"cart.shop.{ORIGIN}", subnet="200.2.3.0/24") == {"127.2.0.1"}
         assert f.answer(STATIC) == {"127.0.0.80"}
         print(

@@ -22,6 +22,7 @@ serving process would log it and answer SERVFAIL).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +35,14 @@ import dns.message
 import dns.rcode
 import fuzzing
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import DEMO_CONFIG, RICH_ORIGIN, RICH_SETTINGS, RICH_ZONE, write_config
 
 from resolver.app import Instance, load_instance
 from resolver.config import load_config
-from resolver.dns.answers import Table
+from resolver.dns.answers import ROUTED_BASE, Table
 from resolver.federation.control import Control
 from resolver.serve.runtime import Runtime
 
@@ -225,35 +227,41 @@ def _opt_of(query: bytes) -> bytes:
 def test_ecs_echo(demo: Served, rng: random.Random, family: int, source: int) -> None:
     """A valid ECS option is echoed with its FAMILY, SOURCE and ADDRESS (RFC 7871
     7.2.1) and a SCOPE no longer than the family's address; an invalid one gets
-    FORMERR."""
+    FORMERR. Three subnets of one SOURCE length ask one question in turn, so the
+    later ones may be answered from a reply of another subnet's bucket
+    (``Table.buckets``), their own ADDRESS patched in: the same bytes as
+    ``Table.general``'s."""
     width = 32 if family == 1 else 128
     need = (source + 7) // 8
-    value = rng.getrandbits(need * 8) if need else 0
-    spare = need * 8 - source
-    if spare > 0 and rng.random() < 0.8:
-        value = value >> spare << spare
-    data = fuzzing.ecs_data(family, source, 0, value.to_bytes(need, "big"))
     name = rng.choice(demo.names.names)
-    wire = (
-        fuzzing.header(7, ar=1)
-        + fuzzing.question(name, rng.choice((1, 28, 33)))
-        + fuzzing.opt_rr(options=fuzzing.option(fuzzing.ECS, data))
-    )
-    reply = demo.table.respond(wire, False, SOURCE)
-    assert reply is not None
-    r = dns.message.from_wire(reply)
-    if not fuzzing.ecs_valid(data):
-        assert source > width or spare > 0
-        assert r.rcode() == dns.rcode.FORMERR, f"{data.hex()}: {r}"
-        return
-    assert r.rcode() != dns.rcode.FORMERR
-    if r.rcode() == dns.rcode.REFUSED:
-        return
-    echoed = [o for o in r.options if o.otype == fuzzing.ECS]
-    assert len(echoed) == 1, f"{data.hex()}: no ECS echo in {r}"
-    raw = echoed[0].to_wire()
-    assert raw[:3] == data[:3] and raw[4:] == data[4:], f"{data.hex()} echoed as {raw.hex()}"
-    assert raw[3] <= width
+    qtype = rng.choice((1, 28, 33))
+    for _ in range(3):
+        value = rng.getrandbits(need * 8) if need else 0
+        spare = need * 8 - source
+        if spare > 0 and rng.random() < 0.8:
+            value = value >> spare << spare
+        data = fuzzing.ecs_data(family, source, 0, value.to_bytes(need, "big"))
+        wire = (
+            fuzzing.header(7, ar=1)
+            + fuzzing.question(name, qtype)
+            + fuzzing.opt_rr(options=fuzzing.option(fuzzing.ECS, data))
+        )
+        reply = demo.table.respond(wire, False, SOURCE)
+        assert reply is not None
+        assert reply == demo.table.general(wire, False, SOURCE), f"{wire.hex()}"
+        r = dns.message.from_wire(reply)
+        if not fuzzing.ecs_valid(data):
+            assert source > width or spare > 0
+            assert r.rcode() == dns.rcode.FORMERR, f"{data.hex()}: {r}"
+            continue
+        assert r.rcode() != dns.rcode.FORMERR
+        if r.rcode() == dns.rcode.REFUSED:
+            continue
+        echoed = [o for o in r.options if o.otype == fuzzing.ECS]
+        assert len(echoed) == 1, f"{data.hex()}: no ECS echo in {r}"
+        raw = echoed[0].to_wire()
+        assert raw[:3] == data[:3] and raw[4:] == data[4:], f"{data.hex()} echoed as {raw.hex()}"
+        assert raw[3] <= width
 
 
 @settings(FUZZ, max_examples=400)
@@ -344,6 +352,156 @@ def _no_server_cookie(reply: bytes | None) -> bytes | None:
             if at >= 0:
                 return reply[: at + 4] + bytes(len(data)) + reply[at + 4 + len(data) :]
     return reply
+
+
+# -- many client subnets: the bucket cache (Table.buckets) --------------------------------
+
+
+def _mapped_config(workdir: Path) -> Path:
+    """The demo with more locality rules: its own, a private block that is mapped
+    (10.1.0.0/16, inside RFC 1918 space), and rules of several lengths in both
+    families, drawn once so the blocks nest and neighbour in many ways."""
+    doc = yaml.safe_load(DEMO_CONFIG.read_text())
+    fed = doc["federation"]
+    regions = [c["region"] for c in fed["clusters"]]
+    zones = {c["region"]: c["zone"] for c in fed["clusters"]}
+    rnd = random.Random(13)
+    rules = [*fed["localities"], {"cidr": "10.1.0.0/16", "region": "us-west"}]
+    for _ in range(24):
+        v4 = rnd.random() < 0.6
+        plen = rnd.randint(4, 24) if v4 else rnd.randint(16, 56)
+        net = ipaddress.ip_network(
+            (rnd.getrandbits(32) if v4 else (0x2001 << 112) | rnd.getrandbits(112), plen),
+            strict=False,
+        )
+        region = rnd.choice(regions)
+        rule = {"cidr": str(net), "region": region}
+        if rnd.random() < 0.5:
+            rule["zone"] = zones[region]
+        rules.append(rule)
+    rules.append({"cidr": "0.0.0.0/0", "region": regions[-1]})
+    fed["localities"] = list({r["cidr"]: r for r in rules}.values())
+    return fuzzing.config_with(DEMO_CONFIG, workdir, federation=fed)
+
+
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    return _load(_mapped_config(tmp_path_factory.mktemp("mapped")))
+
+
+def _routed(s: Served) -> list[bytes]:
+    """The table's names whose answers depend on the client (locality, failover and
+    weighted services, their SRV names)."""
+    return sorted(k for k, node in s.table.nodes.items() if node.router is not None)
+
+
+def _rules(s: Served) -> list[tuple[int, int, int]]:
+    """(family, network, prefix length) of the table's locality rules, as loaded."""
+    router = next(n.router for n in s.table.nodes.values() if n.router is not None)
+    lm = router.locator.localities  # type: ignore[attr-defined]
+    return [(r.family, r.network, r.prefix_len) for r in lm.rules] if lm is not None else []
+
+
+def _near(rng: random.Random, s: Served, family: int) -> int:
+    """An address of ``family`` (as an int of its width): inside a locality rule of the
+    table (so blocks of every rule are met), else anywhere."""
+    rules = [r for r in _rules(s) if r[0] == family]
+    width = 32 if family == 1 else 128
+    if rules and rng.random() < 0.7:
+        _, net, plen = rng.choice(rules)
+        return net | (rng.getrandbits(width - plen) if plen < width else 0)
+    return rng.getrandbits(width)
+
+
+def _mixed_case(rng: random.Random, name: bytes) -> bytes:
+    return bytes(c ^ 0x20 if 0x41 <= (c & 0xDF) <= 0x5A and rng.random() < 0.5 else c
+                 for c in name)
+
+
+def _ecs_query(rng: random.Random, name: bytes, qtype: int, flags: int, family: int,
+               source: int, value: int, payload: int, do: bool) -> bytes:
+    """A query with one ECS option of ``value`` cut to ``source`` bits (now and then a
+    bit past SOURCE set: FORMERR)."""
+    width = 32 if family == 1 else 128
+    need = (source + 7) // 8
+    value = value >> (width - source) << (width - source) if source else 0
+    addr = (value >> (width - need * 8)).to_bytes(need, "big")
+    if need and rng.random() < 0.05:
+        addr = addr[:-1] + bytes((addr[-1] | 1,))
+    return (
+        fuzzing.header(rng.randrange(65536), flags, ar=1)
+        + fuzzing.question(name, qtype)
+        + fuzzing.opt_rr(payload, do=do, options=fuzzing.option(
+            fuzzing.ECS, fuzzing.ecs_data(family, source, 0, addr)))
+    )
+
+
+@settings(FUZZ, max_examples=150)
+@given(rng=rngs, which=st.integers(0, 2))
+def test_many_subnets_give_the_general_reply(
+    demo: Served, mapped: Served, cookies: Served, rng: random.Random, which: int
+) -> None:
+    """Queries for the routed names, each with another client subnet (both families,
+    every SOURCE length, public, mapped and unmapped private space, now and then
+    host bits set), DO or not, any UDP size, from several sources: every reply,
+    the first time and again, is the bytes ``Table.general`` gives. Subnets of one
+    locality block share a reply in ``Table.buckets`` with the ADDRESS patched in;
+    later ones of one question share it too."""
+    s = (demo, mapped, cookies)[which]
+    names = _routed(s)
+
+    def ask() -> tuple[bytes, int, int]:
+        # The name's letter case (0x20) and RD/CD flags are part of the question.
+        name = _mixed_case(rng, rng.choice(names))
+        return name, rng.choice((1, 28, 33, 16)), rng.choice((0, 0x0100, 0x0010, 0x0110))
+
+    question = ask()
+    for _ in range(12):
+        if rng.random() < 0.3:
+            question = ask()
+        family = rng.choice((1, 2))
+        width = 32 if family == 1 else 128
+        source = rng.choice((24, 24, 56, rng.randint(0, width), rng.randint(1, 24)))
+        source = min(source, width)
+        if rng.random() < 0.15:  # private space: mapped (10.1/16 in ``mapped``) or not
+            value = rng.choice((0x0A01 << 16, 0x0A09 << 16, 0xC0A8 << 16, 0xFD << 120))
+            family, width = (2, 128) if value >> 32 else (1, 32)
+            source = min(source, width)
+            value |= rng.getrandbits(16)
+        else:
+            value = _near(rng, s, family)
+        payload = rng.choice((1232, 1232, 512, rng.randint(0, 1400)))
+        wire = _ecs_query(rng, *question, family, source, value, payload, rng.random() < 0.3)
+        addr = rng.choice(SOURCES)
+        slow = s.table.general(wire, False, addr)
+        first = s.table.respond(wire, False, addr)
+        again = s.table.respond(wire, False, addr)
+        assert first == slow, f"{wire.hex()} from {addr}: fast {first!r} general {slow!r}"
+        assert again == slow, f"{wire.hex()} from {addr}: cached {again!r} general {slow!r}"
+
+
+def test_one_reply_per_bucket_not_per_subnet(mapped: Served) -> None:
+    """Subnets of one locality block, each asked once: the first is routed (a memo
+    miss), the rest come from ``Table.buckets``, counted as routed answers their
+    router's memo did not route again, their OPT records not memoized; each reply
+    is the one ``Table.general`` gives, its own ADDRESS echoed."""
+    t = mapped.table
+    t.empty_caches()
+    name = next(n for n in _routed(mapped) if n.startswith(b"\x04cart"))
+    # A rule of the demo: every address of its /24 is in one block, whatever the others.
+    net = int(ipaddress.IPv4Address("198.51.100.0"))
+    # One rng state for all: the same ID, and no host bit set; only the ADDRESS differs.
+    wires = [_ecs_query(random.Random(0), name, 1, 0x0100, 1, 32, net | i, 1232, False)
+             for i in range(40)]
+    misses, routed = t.counts.memo_misses, sum(t.counts.answers[ROUTED_BASE:])
+    for w in wires:
+        reply = t.respond(w, False, SOURCE)
+        assert reply == t.general(w, False, SOURCE)
+        assert reply is not None and reply.endswith(w[-4:]), "the query's ADDRESS not echoed"
+    assert t.counts.memo_misses - misses == 1, "subnets of one block routed afresh"
+    assert sum(t.counts.answers[ROUTED_BASE:]) - routed == len(wires)
+    assert len(t.buckets) == 1
+    assert sum(w[w.find(b"\x00\x00\x29", 12):] in t._edns_memo for w in wires) == 1
 
 
 # -- opcodes before counts, cookies ----------------------------------------------------

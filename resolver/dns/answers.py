@@ -23,7 +23,15 @@ emptied at every change of the table:
   exist below an existing one, per parent and length of the new first label: a
   random-subdomain flood asks for new names below the same few, so it costs the
   existence check the path makes anyway and one lookup (a flood would only
-  churn ``replies``).
+  churn ``replies``);
+- ``buckets``: UDP replies of routed names less the ECS ADDRESS they end with,
+  per (the query up to that ADDRESS, the router's bucket of the subnet): a
+  resolver fleet sends another client subnet in almost every query, yet under
+  the locality and failover policies every subnet of one bucket (``Router.lpm_for``:
+  the client's locality and the SCOPE, from one longest-prefix lookup) gets
+  the same reply but for the ADDRESS echoed, so thousands of subnets cost one
+  routing and then a lookup and a join each, with no per-subnet memo filled.
+  A subnet that asks again goes into ``replies``.
 
 Federated names come by the hundred thousand (a name per endpoint and per
 cluster of every service) and are kept compact in the zone (``zone.Lazy``):
@@ -35,14 +43,17 @@ Every transport (the mmsg thread, uvloop UDP, TCP) makes the one call
 
 Replies are counted here, for ``/metrics`` (``Counts``): by transport, question
 type and RCODE, one list item bumped where the fast path knows the type anyway
-(the general path reads it from the reply); a reply sent from a cache is counted
-by its cache entry, whose hits are added up when the cache is emptied
-(``Counts.fold``) or the counters are read (``Counts.tally``).
+(the general path reads it from the reply); a reply sent from ``buckets`` is
+counted when sent, as a routed answer its router's memo did not route again;
+one from another cache is counted by its cache entry, whose hits are added up
+when the cache is emptied (``Counts.fold``) or the counters are read
+(``Counts.tally``).
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +61,7 @@ from typing import Any
 from dnslib import DNSLabel
 
 from .cookies import CLIENT_ONLY, VALID, Cookies, well_formed
-from .ecs import ClientSubnet, parse_ecs, reply_option
+from .ecs import MAX_SOURCE, PRIVACY_PREFIX, ClientSubnet, parse_ecs, reply_option
 from .entries import (
     Entry,
     Node,
@@ -109,6 +120,7 @@ _SUBNETS_MAX = 1 << 16  # distinct ECS options remembered per table; cleared who
 # router, so a replaced router's entries go with it.
 _ROUTES_MAX = 1 << 16
 _EDNS_KEY_MAX = 96  # longer OPT records (padding, big cookies) are not memoized
+_SHAPES_MAX = 1 << 10  # distinct OPT records less the ECS ADDRESS (``Table._shape``)
 # Whole UDP replies remembered by the query's bytes after its ID (Table.replies);
 # cleared whole when full, and at every change of the table.
 _REPLIES_MAX = 1 << 14
@@ -136,6 +148,16 @@ class _Subnet:
 # OPT record for SCOPE 0), unpacked by those names in ``respond``. A plain tuple:
 # unpacking a tuple subclass (a NamedTuple) takes the interpreter's slow path.
 _Edns = tuple[int, int, bytes | None, _Subnet | None, bytes]
+# An OPT record with one ECS option, read from its bytes before the ADDRESS
+# (``Table._shape``): (ADDRESS length, bits of its last byte past SOURCE, FAMILY,
+# padding shift, clamp mask), or () when the fast path reads it otherwise.
+_Shape = tuple[int, ...]
+# One question of ``Table.buckets``: its ``_Shape`` less FAMILY (ADDRESS length,
+# bits past SOURCE, padding shift, clamp mask), its router's ``lpm`` lists (block
+# starts, slice index, slice shift, bucket per block), and per bucket the reply
+# less its ID and ADDRESS with its place in ``Counts.answers``. A plain tuple,
+# indexed in ``respond``.
+_PerQuestion = tuple[Any, ...]
 
 
 @dataclass(slots=True)
@@ -308,6 +330,14 @@ class Table:
         self.opt_do = opt_record(self.max_udp, True)
         self._subnets: dict[bytes, _Subnet] = {}
         self._edns_memo: dict[bytes, _Edns] = {}
+        # OPT records with one ECS option, by their bytes before its ADDRESS (``_shape``).
+        self._shapes: dict[bytes, _Shape] = {}
+        # UDP replies of routed names less the ECS ADDRESS they end with, and where
+        # they count, by the query's bytes from after its ID to the ADDRESS, then by
+        # the router's bucket of the subnet: a reply for many client subnets each.
+        self.buckets: dict[bytes, _PerQuestion] = {}
+        # Queries answered from ``buckets`` once: the second time, into ``replies``.
+        self._seen: set[bytes] = set()
         # Federation zones whose clusters have not synced yet: a name that does
         # not exist there *yet* gets WAIT instead of NXDOMAIN, so startup does
         # not seed resolvers with negative answers (CoreDNS's kubernetes plugin
@@ -444,6 +474,8 @@ class Table:
             self.replies.clear()
             self.tcp_replies.clear()
             self.below.clear()
+        self.buckets.clear()  # counted when sent (as routed answers): nothing to fold
+        self._seen.clear()
         self._limited.clear()
         self._below_bodies = 0
 
@@ -582,11 +614,43 @@ class Table:
                         neg.hits += 1
                         return b"".join((data[:2], neg.head, data[12 : end + 4], tail))
         n = len(data)
+        z = data.find(0, 12)  # where the name ends, if its labels are well formed
+        qend = z + 5
+        if not tcp and self.buckets:
+            # A resolver sends another client subnet in almost every query, but a
+            # routed name's reply is the same for every subnet of one bucket of its
+            # router (``Router.lpm_for``) but for the ECS ADDRESS echoed at its end:
+            # remembered less that (``_remember_bucket``), by the query's bytes up
+            # to its ADDRESS (header, question, the OPT record with ECS its only
+            # option: all checked when it was remembered), then by bucket.
+            ecs_at = qend + 19
+            per = self.buckets.get(data[2:ecs_at])
+            # (``_PerQuestion``, indexed rather than unpacked: every local of this
+            # function costs every query, when its frame is cleared.)
+            if per is not None and n == ecs_at + per[0] and not data[n - 1] & per[1]:
+                # The ADDRESS is as long as SOURCE says, no bit set past it (as
+                # ``parse_ecs`` checks); zero-padded, clamped to /24 or /56, its block
+                # by one bisect in the slice its top bits pick; the block's bucket.
+                v = int.from_bytes(data[ecs_at:], "big") << per[2] & per[3]
+                k = v >> per[6]
+                index = per[5]
+                cached = per[8].get(per[7][bisect_right(per[4], v, index[k], index[k + 1]) - 1])
+                if cached is not None:
+                    self._answers[cached[1]] += 1  # a routed answer, as from the memo
+                    reply = data[:2] + cached[0] + data[ecs_at:]
+                    # The second time a subnet asks this, into ``replies``: a client
+                    # repeated costs one lookup again, thousands asking once do not
+                    # churn it.
+                    if data[2:] in self._seen:
+                        self._remember(data[2:], reply, cached[1], False)
+                    else:
+                        if len(self._seen) >= _REPLIES_MAX:
+                            self._seen.clear()
+                        self._seen.add(data[2:])
+                    return reply
         if n < 17 or data[2] & 0xF8 or data[4:11] != b"\x00\x01\x00\x00\x00\x00\x00":
             # QR or an opcode set, or not one question and no records.
             return self._slow(data, tcp, addr)
-        z = data.find(0, 12)  # where the name ends, if its labels are well formed
-        qend = z + 5
         if qend > n or qend <= 12 or data[z + 3] or data[z + 4] != C_IN:
             return self._slow(data, tcp, addr)
         qtype = (data[z + 1] << 8) | data[z + 2]
@@ -711,16 +775,55 @@ class Table:
         i = slots[qtype][e.rcode]
         self._answers[i] += 1
         if remember:
-            replies = self.tcp_replies if tcp else self.replies
-            if len(replies) >= _REPLIES_MAX:
-                self.counts.fold(replies, {})
-                replies.clear()
-                if not tcp:
-                    self._limited.clear()  # holds replies of ``replies`` only
-            replies[data[2:]] = [reply[2:], i & 0x1FF, 0]  # its hits are no memo's
+            self._remember(data[2:], reply, i, tcp)
+            if slots is _ROUTED and data[qend + 11 : qend + 13] == b"\x00\x08":
+                self._remember_bucket(data, qend, qtype, node.router, reply, i)
         elif below:
             self._remember_below(data, reply, qend, i)
         return reply
+
+    def _remember_bucket(
+        self, data: bytes, qend: int, qtype: int, router: Router | None, reply: bytes, slot: int
+    ) -> None:
+        """Put ``reply``, a routed name's UDP reply to ``data`` (placed by its ECS
+        subnet alone), in ``buckets`` when its OPT record holds just that option and
+        the router has a bucket for the subnet."""
+        head = data[qend : qend + 19]
+        shape = self._shapes.get(head)
+        if shape is None:
+            shape = self._shape(head)
+        if not shape or router is None or len(data) != qend + 19 + shape[0]:
+            return
+        need, spare, family, pad, keep = shape
+        lpm = router.lpm.get((qtype << 2) | family)
+        if lpm is None:
+            lpm = router.lpm_for(qtype, family)
+        if not lpm:
+            return  # no bucket holds more than one subnet (weighted answers)
+        starts, index, shift, ids = lpm
+        v = int.from_bytes(data[qend + 19 :], "big") << pad & keep
+        k = v >> shift
+        bucket = ids[bisect_right(starts, v, index[k], index[k + 1]) - 1]
+        if bucket < 0:
+            return  # placed with the packet's source (unmapped private space)
+        key = data[2 : qend + 19]
+        per = self.buckets.get(key)
+        if per is None:
+            if len(self.buckets) >= _REPLIES_MAX:
+                self.buckets.clear()
+            per = self.buckets[key] = (need, spare, pad, keep, starts, index, shift, ids, {})
+        per[8][bucket] = (reply[2 : len(reply) - need], slot)
+
+    def _remember(self, asked: bytes, reply: bytes, index: int, tcp: bool) -> None:
+        """Put ``reply`` in ``replies`` (``tcp_replies``) for the query ``asked`` (its
+        bytes after the ID); ``index``: the reply's place in ``Counts.answers``."""
+        replies = self.tcp_replies if tcp else self.replies
+        if len(replies) >= _REPLIES_MAX:
+            self.counts.fold(replies, {})
+            replies.clear()
+            if not tcp:
+                self._limited.clear()  # holds replies of ``replies`` only
+        replies[asked] = [reply[2:], index & 0x1FF, 0]  # its hits are no memo's
 
     def respond_limited(self, data: bytes, tcp: bool, addr: Any = None) -> bytes | None:
         """``respond``, then response rate limiting (``rrl.Limiter``) on UDP.
@@ -922,6 +1025,30 @@ class Table:
             return None  # a malformed ECS option: FORMERR, by the general path
         # SCOPE 0, for every answer that does not depend on the client (RFC 7871 7.2.1).
         return limit, do, raw, sub, sub.opts[0][do]
+
+    def _shape(self, head: bytes) -> _Shape:
+        """What an OPT record that holds one ECS option and nothing else asks, from
+        its bytes up to the option's ADDRESS (``head``, 19 bytes): (ADDRESS length,
+        the bits of its last byte that must be zero, FAMILY, the shift that pads the
+        ADDRESS to the family's width and the mask that clamps it to /24 or /56 as
+        ``locality`` does); () when the fast path does not read it so (``_edns``
+        and ``parse_ecs`` decide then). Remembered: resolvers send a few."""
+        shape: _Shape = ()
+        if len(head) == 19 and head[:3] == b"\x00\x00\x29" and not head[6] and not head[18]:
+            family = (head[15] << 8) | head[16]
+            source = head[17]
+            width = MAX_SOURCE.get(family, 0)
+            need = (source + 7) >> 3
+            rdlen = (head[9] << 8) | head[10]
+            olen = (head[13] << 8) | head[14]
+            if 0 < source <= width and olen == 4 + need and rdlen == 8 + need:
+                host = width - min(source, PRIVACY_PREFIX[family])
+                keep = ((1 << width) - 1) >> host << host
+                shape = (need, (1 << (need * 8 - source)) - 1, family, width - 8 * need, keep)
+        if len(self._shapes) >= _SHAPES_MAX:
+            self._shapes.clear()
+        self._shapes[head] = shape
+        return shape
 
     def _subnet(self, raw: bytes) -> _Subnet | None:
         """Validate and remember one ECS option; None when it is malformed."""

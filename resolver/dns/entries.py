@@ -236,6 +236,7 @@ class Router(Protocol):
     # Whole per-query results kept by the table's hot path, keyed by what the
     # client's place came from; cleared by the table (its bound is table-wide).
     memo: dict[Any, Any]
+    lpm: dict[int, tuple[Any, ...]]  # filled by ``lpm_for``, read by the table's hot path
 
     def handles(self, qtype: int) -> bool:
         """Whether answers of this type depend on the client (else the zone's apply)."""
@@ -244,6 +245,17 @@ class Router(Protocol):
     def route(self, qtype: int, subnet: ClientSubnet | None, addr: Any) -> tuple[Entry, int, bool]:
         """The answer for one client: its entry, the reply's ECS SCOPE, and whether
         the client was placed by ``subnet`` alone (then the answer holds for any ``addr``)."""
+        ...
+
+    def lpm_for(self, qtype: int, family: int) -> tuple[Any, ...]:
+        """How the table finds the bucket of a valid ECS subnet of ``family`` (ECS
+        FAMILY) for this type, also kept in ``lpm`` under ``qtype << 2 | family``:
+        (block starts, slice index, slice shift, bucket per block), or () when
+        there is none. The address (zero-padded, privacy-clamped) is in block
+        ``bisect_right(starts, v, index[k], index[k + 1]) - 1`` with ``k = v >>
+        shift``; its bucket, unless -1, is such that ``route`` gives every subnet
+        of it the same entry and SCOPE, placed by the subnet alone. The table
+        remembers whole replies per (query less the ECS ADDRESS, bucket)."""
         ...
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from dnslib import SRV, DNSLabel
 
 from ..dns.answers import Table
-from ..dns.ecs import PRIVACY_PREFIX, ClientSubnet
+from ..dns.ecs import MAX_SOURCE, PRIVACY_PREFIX, ClientSubnet
 from ..dns.entries import Entry
 from ..dns.wire import T_A, T_AAAA, T_SRV
 from ..dns.zone import Addresses, Lazy, RRset, key_of
@@ -147,10 +147,12 @@ class Router:
     __slots__ = (
         "_cache",
         "_family",
+        "_per_subnet",
         "_scopes",
         "build",
         "kind",
         "locator",
+        "lpm",
         "memo",
         "plan",
         "port",
@@ -172,10 +174,16 @@ class Router:
         self._cache: dict[tuple[int, object], tuple[Entry, str]] = {}
         self._scopes: dict[int, ScopeTable] = {}
         self._family: dict[int, tuple[Candidate, ...]] = {}
+        # Weighted answers hash the client's /24 (/56) itself (rendezvous over
+        # blake2b, for stickiness): there are as many answers as subnets, so no
+        # bucket coarser than the subnet holds one answer (``lpm_for``).
+        self._per_subnet = plan.policy.kind == "weighted"
         # For the answer table's hot path: whole per-query results (Entry, OPT
         # bytes) keyed by what the client's place came from, so a repeated
         # client costs one lookup. Holds only what ``answer``/``scope`` give.
         self.memo: dict[object, Any] = {}
+        # For the hot path too: per (type << 2 | ECS family), ``lpm_for``'s result.
+        self.lpm: dict[int, tuple[Any, ...]] = {}
 
     def route(self, qtype: int, subnet: ClientSubnet | None, addr: Any) -> tuple[Entry, int, bool]:
         """The answer table's call (``entries.Router``): place the client, answer,
@@ -185,6 +193,26 @@ class Router:
         scope = self.scope(subnet, placement, depends, qtype)
         free = subnet is not None and Locator.source_free(subnet, placement)
         return e, scope, free
+
+    def lpm_for(self, qtype: int, family: int) -> tuple[Any, ...]:
+        """The answer table's call (``entries.Router``), once per type and family: how
+        to find the bucket of an ECS subnet, in ``lpm`` from then on.
+
+        Locality and failover answers depend on the client's locality only, and
+        their SCOPE on its partition block (``ScopeTable``): (locality, SCOPE) is
+        the bucket (``LocalityMap.lpm``), a few whatever the number of rules.
+        Without a locality map no client is placed: one bucket. Weighted answers
+        hash the subnet itself: none, so they keep the per-subnet memo.
+        """
+        out: tuple[Any, ...] = ()
+        if not self._per_subnet:
+            lm = self.locator.localities
+            if lm is None:
+                out = ([0], [0, 1], MAX_SOURCE[family], [0])
+            else:
+                out = lm.lpm(self._scopes.get(qtype) or self._scope_table(qtype), family)
+        self.lpm[(qtype << 2) | family] = out
+        return out
 
     def scope(
         self, subnet: ClientSubnet | None, placement: Placement | None, depends: str, qtype: int
@@ -204,12 +232,16 @@ class Router:
             return min(subnet.source, PRIVACY_PREFIX[subnet.family]) if depends == "subnet" else 0
         if depends == "subnet":
             return int(placement.subnet_scope)
-        table = self._scopes.get(qtype)
-        if table is None:
-            table = self._scopes[qtype] = localities.scope_table(
-                lambda loc: self._answer_key(loc, qtype)
-            )
+        table = self._scopes.get(qtype) or self._scope_table(qtype)
         return int(table.scope(placement))
+
+    def _scope_table(self, qtype: int) -> ScopeTable:
+        localities = self.locator.localities
+        assert localities is not None
+        table = self._scopes[qtype] = localities.scope_table(
+            lambda loc: self._answer_key(loc, qtype)
+        )
+        return table
 
     def _answer_key(self, loc: Locality, qtype: int) -> object:
         d = self.decision(Client(loc.region, loc.zone, b""), qtype)
