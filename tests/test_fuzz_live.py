@@ -24,11 +24,12 @@ The long run (a million packets and more) is ``benchmarks/fuzz.py``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import fuzzing
 import pytest
-from servers import DEMO_CONFIG, start_fedns
+from servers import DEMO_CONFIG, ServerProcess, start_fedns
 
 UDP_PACKETS = 20_000
 TCP_MESSAGES = 3_000
@@ -41,6 +42,20 @@ def children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(c) for c in text.split()]
+
+
+def settled_workers(sp: ServerProcess, workers: int, deadline_s: float = 20.0) -> list[int]:
+    """The workers once the generation forked after the first sync serves alone (the
+    first ones answer the federation too, until each is retired)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if "workers_forked" in sp.output():
+            pids = children(sp.proc.pid)
+            if len(pids) == workers:
+                return pids
+        time.sleep(0.05)
+    raise AssertionError("the workers were not forked again after the first sync:\n"
+                         + sp.output()[-4000:])
 
 
 def cpu_ticks(pid: int) -> int:
@@ -65,7 +80,7 @@ def test_live_fuzz(tmp_path: Path, workers: int, cookies: bool) -> None:
     try:
         names = fuzzing.names_of_config(config)
         fuzzing.wait_federated(sp.host, sp.port, names)
-        served_by = children(sp.proc.pid) if workers > 1 else [sp.proc.pid]
+        served_by = settled_workers(sp, workers) if workers > 1 else [sp.proc.pid]
         assert len(served_by) == workers, f"worker processes: {served_by}"
         before = {pid: cpu_ticks(pid) for pid in served_by}
         with fuzzing.LiveFuzzer(sp.addr, names, seed=SEED + workers + 10 * cookies) as f:
