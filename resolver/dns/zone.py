@@ -78,8 +78,23 @@ class Resolution:
     additional: tuple[RRset, ...] = ()
 
 
+_LENGTH = [bytes((n,)) for n in range(64)]
+
+
 def key_of(name: DNSLabel | str) -> bytes:
+    """A name's wire form, lower-cased: the key of ``Zone`` indexes and ``Table.nodes``."""
     if isinstance(name, str):
+        # A plain ASCII name (every federated name: one per endpoint at publish)
+        # without DNSLabel's IDNA codec and escape handling; anything else, and any
+        # name the codec would refuse, through DNSLabel as before.
+        if name.isascii() and "\\" not in name:
+            labels = name.encode().split(b".")
+            if labels[-1] == b"":
+                labels.pop()  # the root's empty label
+            if not labels and name in ("", "."):
+                return b"\0"
+            if labels and min(map(len, labels)) > 0 and max(map(len, labels)) < 64:
+                return (b"".join([_LENGTH[len(x)] + x for x in labels]) + b"\0").lower()
         name = DNSLabel(name)
     out = bytearray()
     for label in name.label:
