@@ -407,10 +407,11 @@ def render(rows: list[Row], args: argparse.Namespace, setup: Setup, want: str) -
             f"{f.many.cpu_us_per_query / g.many.cpu_us_per_query:.2f}x gdnsd's. One subnet "
             "repeated is answered from the reply remembered for that query's bytes (a dict "
             "lookup; resolvers repeat their clients' questions). "
-            f"{args.subnets:,} subnets in turn are more than those replies hold (16,384), so "
-            "each query takes the fast path in full: the OPT record's memo, the router's memo "
-            "per subnet (bounded at 65,536 for all routers together), the reply join: what "
-            "any uncached answer costs."
+            f"{args.subnets:,} subnets in turn are more than those replies hold (16,384): "
+            "each is answered from the reply remembered for its locality bucket (the query's "
+            "bytes up to the ECS ADDRESS, and the bucket from one longest-prefix lookup), "
+            "with its ADDRESS patched in (issue 13; the tree before routed each subnet once "
+            "and kept a per-subnet memo, bounded at 65,536)."
         )
     b = by.get("baseline")
     if f and b and b.fixed.cpu_us_per_query > 0:
