@@ -91,7 +91,7 @@ def key_of(name: DNSLabel | str) -> bytes:
             labels = name.encode().split(b".")
             if labels[-1] == b"":
                 labels.pop()  # the root's empty label
-            if not labels and name in ("", "."):
+            if not labels:  # "" (a lone "." leaves one empty label: DNSLabel's root below)
                 return b"\0"
             if labels and min(map(len, labels)) > 0 and max(map(len, labels)) < 64:
                 return (b"".join([_LENGTH[len(x)] + x for x in labels]) + b"\0").lower()
