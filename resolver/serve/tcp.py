@@ -1,9 +1,12 @@
 """DNS over TCP (RFC 7766): framing, pipelining, out-of-order completion, and the
 limits that keep slow, idle and greedy clients from holding the port.
 
-Every connection is on one clock, checked lazily by one timer per connection
-(armed for the earliest deadline, re-armed when it fires, so reading a byte
-costs no timer work):
+Every connection is on one clock, checked lazily at its earliest deadline
+(re-armed when checked, so reading a byte costs no timer work). The deadlines
+sit in one wheel of ``TICK`` slots per process with one loop timer for the
+earliest, not a loop timer per connection: a client that connects, asks once
+and closes (a resolver retrying a truncated answer) costs a dict entry, not a
+timer set up and torn down (a fifth of such a connection's instructions).
 
 - a query must arrive whole within ``message_timeout`` of its first byte, and
   from ``GRACE`` on at ``min_rate`` bytes/s on average: a client sending a
@@ -31,7 +34,6 @@ Queries held for the first sync complete out of order, behind later ones
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import struct
 import time
@@ -64,6 +66,9 @@ _TURN = 16
 # iteration long: new clients would wait seconds to be accepted.
 _BUDGET = 256
 _WARN_EVERY = 60.0  # s between two warnings of one kind: an attack must not flood the log
+# The clock's resolution: a deadline is checked at most this late (the smallest
+# timeout a config may set is 0.1 s). Slots are numbered by ``int(when / TICK)``.
+TICK = 0.05
 
 
 def source_of(peer: Any) -> object:
@@ -97,6 +102,11 @@ class Connections:
         self.ready: deque[TcpProtocol] = deque()
         self.budget = _BUDGET  # frames this iteration of the loop may still answer
         self._scheduled = False
+        # The clock: slot -> connections to check then (``TcpProtocol.slot``), and
+        # the one loop timer, armed for the earliest slot.
+        self.wheel: dict[int, dict[TcpProtocol, None]] = {}
+        self._tick_slot = 0
+        self._tick: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self.lru)
@@ -177,8 +187,63 @@ class Connections:
             self._schedule()
 
     def touch(self, c: TcpProtocol) -> None:
-        with contextlib.suppress(KeyError):
-            self.lru.move_to_end(c)
+        lru = self.lru
+        if c in lru:  # not contextlib.suppress: that is a third of this call
+            lru.move_to_end(c)
+
+    # -- the clock -------------------------------------------------------------------
+
+    def arm(self, c: TcpProtocol, when: float) -> None:
+        """Check ``c`` at ``when`` at the latest (within ``TICK``; the earliest wins)."""
+        slot = int(when / TICK) + 1  # slot k is checked at k * TICK: never early
+        old = c.slot
+        if old:
+            if old <= slot:
+                return
+            self._unslot(c, old)
+        c.slot = slot
+        w = self.wheel.get(slot)
+        if w is not None:
+            w[c] = None
+            return
+        self.wheel[slot] = {c: None}
+        if not self._tick_slot or slot < self._tick_slot:
+            self._arm_tick(slot)
+
+    def disarm(self, c: TcpProtocol) -> None:
+        if c.slot:
+            self._unslot(c, c.slot)
+            c.slot = 0
+
+    def _unslot(self, c: TcpProtocol, slot: int) -> None:
+        w = self.wheel.get(slot)
+        if w is not None:
+            w.pop(c, None)
+            if not w:
+                del self.wheel[slot]
+
+    def _arm_tick(self, slot: int) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        self._tick_slot = slot
+        self._tick = self.loop.call_at(slot * TICK, self._on_tick)
+
+    def _on_tick(self) -> None:
+        # While the due slots are checked, re-arming arms no timer (-1 is below
+        # every slot): the timer is armed once, after, for the earliest left.
+        self._tick, self._tick_slot = None, -1
+        # A hair of slack: the timer fires at slot * TICK, and the division back
+        # must not round that slot away.
+        now = int(self.loop.time() / TICK + 1e-6)
+        wheel = self.wheel
+        for slot in sorted(k for k in wheel if k <= now):
+            for c in wheel.pop(slot):
+                if c.slot == slot:
+                    c.slot = 0
+                    c._check()  # re-arms it, for a later slot
+        self._tick_slot = 0
+        if wheel:
+            self._arm_tick(min(wheel))
 
     def drop(self, c: TcpProtocol) -> None:
         if c in self.lru:
@@ -209,7 +274,6 @@ class TcpProtocol(asyncio.Protocol):
         "answered",
         "buf",
         "conns",
-        "due",
         "heard",
         "held",
         "last",
@@ -219,8 +283,8 @@ class TcpProtocol(asyncio.Protocol):
         "peer",
         "pending",
         "rt",
+        "slot",
         "source",
-        "timer",
         "transport",
         "wmark",
         "written",
@@ -246,28 +310,43 @@ class TcpProtocol(asyncio.Protocol):
         self.written = 0  # bytes handed to the transport
         self.wstart: float | None = None  # a reply backlog's current window: start ...
         self.wmark = 0  # ... and bytes sent by then
-        self.timer: asyncio.TimerHandle | None = None
-        self.due = 0.0
+        self.slot = 0  # the clock's slot it is checked at (Connections.arm); 0: none
 
     # -- life cycle ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = transport  # type: ignore[assignment]
-        self.peer = transport.get_extra_info("peername")
-        self.source = source_of(self.peer)
-        if not self.conns.admit(self):
+        self.peer = peer = t.get_extra_info("peername")
+        host = peer[0] if type(peer) is tuple else None
+        # An IPv4 address is its own source: no call for the common case.
+        self.source = source = host if type(host) is str and ":" not in host else source_of(peer)
+        conns = self.conns
+        rt = self.rt
+        tcp = rt.cfg.tcp
+        lru = conns.lru
+        n = conns.sources.get(source, 0)
+        held = len(lru)
+        room = conns.fd_room
+        if (
+            (n < tcp.max_per_source or not tcp.max_per_source)
+            and held < tcp.max_connections
+            and (room is None or held < room)
+        ):
+            # ``admit``'s usual outcome, without its call: below every cap.
+            lru[self] = None
+            conns.sources[source] = n + 1
+        elif not conns.admit(self):
             t.abort()  # type: ignore[attr-defined]  # a reset: nothing was said yet
             return
         self.alive = True
-        self.rt.stats.tcp_connections += 1
-        tcp = self.rt.cfg.tcp
+        rt.stats.tcp_connections += 1
         # Once the kernel takes no more of our replies, reading pauses (high=0):
         # no new queries are taken from a peer that does not read, until it does.
         # A fixed kernel send buffer (``SNDBUF``, Linux would grow it to
         # megabytes) makes that soon, and bounds what such a peer costs.
         t.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         self.last = now = self.loop.time()
-        self._arm(now + tcp.idle_timeout)
+        conns.arm(self, now + tcp.idle_timeout)
 
     def shut(self, why: str) -> None:
         """Close at a limit: gracefully when idle (RFC 7766 6.2.3), else a reset, so a
@@ -277,9 +356,7 @@ class TcpProtocol(asyncio.Protocol):
         if not self.alive or t is None:
             return
         self.alive = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.conns.disarm(self)
         if why in ("idle", "evicted", "stopping") and not self.buf and not t.get_write_buffer_size():
             t.close()
         else:
@@ -287,10 +364,11 @@ class TcpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
-        self.conns.drop(self)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        conns = self.conns
+        if self in conns.lru:
+            conns.drop(self)
+        if self.slot:
+            conns.disarm(self)
 
     # -- reading -------------------------------------------------------------------
 
@@ -298,16 +376,37 @@ class TcpProtocol(asyncio.Protocol):
         self.heard = True
         buf = self.buf
         n = len(data)
+        conns = self.conns
         if (
             not buf
             and n > 2
             and n == 2 + ((data[0] << 8) | data[1])
             and not self.held
-            and not self.conns.busy()
+            and not conns.ready
+            and conns.budget > 0
         ):
             # The usual read: one whole query and nothing else, nothing buffered
-            # before it; answered from ``data`` without going through ``buf``.
-            self._settle(self._one(data[2:]), False, n)
+            # before it, no other connection waiting for its turn. ``_drain`` and
+            # ``_settle`` for it, inline: for a client that connects, asks once and
+            # closes, this is most of what fedns itself does per connection.
+            rt = self.rt
+            rt.stats.tcp_queries += 1  # before answering: a timed answer weighs in the count
+            msg = data[2:]
+            resp = rt.answer(msg, True, self.peer)
+            self.answered = True
+            conns.budget -= 1
+            if resp:
+                t = self.transport
+                if t is not None:
+                    self.written += 2 + len(resp)
+                    t.write(_LEN.pack(len(resp)) + resp)
+            elif resp is not None:
+                self._defer(msg)
+            self.last = self.loop.time()
+            lru = conns.lru
+            if self in lru:
+                lru.move_to_end(self)
+            self.msg_start = None
             return
         partial = bool(buf)
         buf += data
@@ -397,24 +496,6 @@ class TcpProtocol(asyncio.Protocol):
             conns.queue(self)
         return done
 
-    def _one(self, msg: bytes) -> int:
-        """``_drain`` for a read that is exactly one query (the others have no turn
-        waiting, the budget is not spent: ``_drain`` would answer it too)."""
-        rt = self.rt
-        rt.stats.tcp_queries += 1
-        resp = rt.answer(msg, True, self.peer)
-        self.answered = True
-        self.conns.spend(1)
-        if resp:
-            t = self.transport
-            if t is not None:
-                data = _LEN.pack(len(resp)) + resp
-                self.written += len(data)
-                t.write(data)
-        elif resp is not None:
-            self._defer(msg)
-        return 1
-
     def _turn(self) -> None:
         """Its turn (``Connections._run``): the next share of the frames read already."""
         self.held &= ~_HELD_TURN
@@ -477,16 +558,9 @@ class TcpProtocol(asyncio.Protocol):
 
     def _arm(self, when: float) -> None:
         """Check at ``when`` at the latest (an earlier check re-arms itself)."""
-        h = self.timer
-        if h is not None:
-            if self.due <= when:
-                return
-            h.cancel()
-        self.due = when
-        self.timer = self.loop.call_at(when, self._check)
+        self.conns.arm(self, when)
 
     def _check(self) -> None:
-        self.timer = None
         t = self.transport
         if not self.alive or t is None:
             return
