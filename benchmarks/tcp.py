@@ -13,7 +13,11 @@ and is measured over TCP in two shapes:
 
 For each shape: saturation (qps; dnsperf or the generator as fast as it can)
 and the server's CPU per query at a fixed load (utime+stime of all its
-processes from /proc over the window / queries answered). Rounds interleave
+processes from /proc over the window / queries answered), and how much of that
+CPU its busiest process spent (a multi-process server that answers everything
+in one process batches like a single one). "uvloop floor" is
+benchmarks/uvloop_floor.py: the event loop and transports fedns uses with no
+DNS work at all, the cost any server on them pays first. Rounds interleave
 the servers; every figure is the median over rounds. A full run replaces the
 ``tcp`` section of benchmarks/RESULTS.md; ``--no-write`` prints only.
 
@@ -30,6 +34,7 @@ import json
 import shlex
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -145,16 +150,25 @@ _QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16
 # measuring
 
 
+# The share of a run's CPU the server's busiest process spent, by the Perf it was
+# measured for (Perf is shared with authoritative.py: kept beside it, not in it).
+BUSIEST: dict[int, float] = {}
+
+
 def measured(srv: Server, argv: list[str], seconds: float, parse: Callable[[str], Perf]) -> Perf:
     """Run a load generator against ``srv``; its result with the server's CPU time over it."""
     pids = bench.proc_tree(srv.proc.pid)
-    (u0, s0), t0 = bench.cpu_seconds(pids), time.monotonic()
+    before, t0 = [bench.cpu_seconds([p]) for p in pids], time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    (u1, s1), t1 = bench.cpu_seconds(pids), time.monotonic()
+    after, t1 = [bench.cpu_seconds([p]) for p in pids], time.monotonic()
     if out.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed ({out.returncode}): {out.stderr or out.stdout}")
     perf = parse(out.stdout)
-    perf.user_s, perf.sys_s, perf.wall_s = u1 - u0, s1 - s0, t1 - t0
+    spent = [(u1 - u0) + (s1 - s0) for (u0, s0), (u1, s1) in zip(before, after, strict=True)]
+    perf.user_s = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+    perf.sys_s = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    perf.wall_s = t1 - t0
+    BUSIEST[id(perf)] = max(spent) / sum(spent) if sum(spent) > 0 else 1.0
     return perf
 
 
@@ -176,10 +190,19 @@ def per_connection(srv: Server, qfile: Path, seconds: float, rate: int | None, c
     return measured(srv, argv, seconds, parse)
 
 
+def start_floor(tmp: Path) -> Server:
+    """benchmarks/uvloop_floor.py: the loop and transports fedns uses, no DNS work."""
+    port = bench.free_port()
+    here = Path(__file__).resolve().parent
+    argv = [sys.executable, str(here / "uvloop_floor.py"), str(port)]
+    return bench._spawn("floor", argv, tmp, port, here)
+
+
 @dataclass
 class Result:
     sat: dict[str, Perf] = field(default_factory=dict)
     fixed: dict[str, Perf] = field(default_factory=dict)
+    busiest: dict[str, float] = field(default_factory=dict)  # at the fixed load, by shape
 
 
 def bench_server(key: str, tmp: Path, qfile: Path, args: argparse.Namespace) -> Result:
@@ -188,7 +211,8 @@ def bench_server(key: str, tmp: Path, qfile: Path, args: argparse.Namespace) -> 
     loads = {"pipelined": args.load, "per-connection": args.conn_load}
     with bench.running(key, tmp) as srv:
         print(f"  {key}: up on 127.0.0.1:{srv.port}", flush=True)
-        pipelined(srv, qfile, 1, None)  # warm-up: pages faulted in, lazy entries filled
+        warm = pipelined(srv, qfile, 1, None)  # warm-up: pages faulted in, lazy entries filled
+        BUSIEST.pop(id(warm), None)
         for shape in SHAPES:
             for fixed in (False, True):
                 load = loads[shape] if fixed else None
@@ -197,6 +221,9 @@ def bench_server(key: str, tmp: Path, qfile: Path, args: argparse.Namespace) -> 
                 else:
                     p = per_connection(srv, qfile, s, load, args.clients)
                 (res.fixed if fixed else res.sat)[shape] = p
+                share = BUSIEST.pop(id(p), 1.0)
+                if fixed:
+                    res.busiest[shape] = share
                 what = f"at {load}/s" if fixed else "saturation"
                 print(
                     f"  {key:9} {shape:14} {what:12} {p.qps:8.0f} qps  latency "
@@ -212,6 +239,7 @@ def combine(rounds: list[Result]) -> Result:
     for shape in SHAPES:
         out.sat[shape] = bench._median_perf([r.sat[shape] for r in rounds])
         out.fixed[shape] = bench._median_perf([r.fixed[shape] for r in rounds])
+        out.busiest[shape] = statistics.median(r.busiest.get(shape, 1.0) for r in rounds)
     return out
 
 
@@ -240,8 +268,8 @@ def report(results: dict[str, Result], command: str, args: argparse.Namespace, r
         "interleaved; queries: the 14 positive questions of authoritative.py",
         "",
         "| server | shape | saturation qps | latency | CPU us/query at saturation "
-        "| fixed load | CPU us/query at fixed load | qps vs NSD | CPU vs NSD |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| fixed load | CPU us/query at fixed load | busiest process | qps vs NSD | CPU vs NSD |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def ref_of(key: str) -> Result | None:
@@ -256,7 +284,8 @@ def report(results: dict[str, Result], command: str, args: argparse.Namespace, r
             lost = f" ({f.lost} lost)" if f.lost else ""
             lines.append(
                 f"| {bench.SERVERS[key][0]} | {shape} | {s.qps:,.0f} | {s.latency_ms:.3f} ms "
-                f"| {s.cpu_us_per_query:.2f} | {loads[shape]}/s{lost} | {f.split} | {vs_q} | {vs_c} |"
+                f"| {s.cpu_us_per_query:.2f} | {loads[shape]}/s{lost} | {f.split} "
+                f"| {r.busiest.get(shape, 1.0):.0%} | {vs_q} | {vs_c} |"
             )
     lines += ["", "Targets (issue 13): saturation >= NSD's, CPU per query at the fixed load "
               f"<= {TARGET_CPU}x NSD's:", ""]
@@ -271,6 +300,19 @@ def report(results: dict[str, Result], command: str, args: argparse.Namespace, r
                 f"- {bench.SERVERS[key][0]} against {bench.SERVERS[ref_key][0]}, {shape}: "
                 f"saturation {sat:.2f}x ({'meets' if sat >= TARGET_SATURATION else 'misses'}), "
                 f"CPU/query {cpu:.2f}x ({'meets' if cpu <= TARGET_CPU else 'misses'})"
+            )
+    fl, ref = results.get("floor"), results.get("nsd")
+    if fl is not None and ref is not None:
+        for shape in SHAPES:
+            cpu = fl.fixed[shape].cpu_us_per_query / ref.fixed[shape].cpu_us_per_query
+            own = ""
+            f1 = results.get("fedns1")
+            if f1 is not None:
+                extra = f1.fixed[shape].cpu_us_per_query - fl.fixed[shape].cpu_us_per_query
+                own = f"; fedns, 1 worker, against the floor: {extra:+.2f} us/query"
+            lines.append(
+                f"- the uvloop floor (no DNS work) against {bench.SERVERS['nsd'][0]}, {shape}: "
+                f"CPU/query {cpu:.2f}x{own}"
             )
     for key in ("fedns1", "fedns2"):
         fr, base = results.get(key), results.get("baseline" + key[-1])
@@ -315,6 +357,7 @@ def main() -> int:
         "nsd": ("NSD, server-count 1", bench.start_nsd),
         "nsd2": ("NSD, server-count 2", lambda tmp: bench.start_nsd(tmp, 2)),
         "knot": ("Knot, 1 TCP worker", bench.start_knot),
+        "floor": ("uvloop floor (no DNS work)", start_floor),
     }
     if args.baseline is not None:
         bench.BASELINE = args.baseline.resolve()
