@@ -122,10 +122,13 @@ def is_below_or_at(key: bytes, ancestor: bytes) -> bool:
     """True when ``key`` equals or is a descendant of ``ancestor`` (label-wise)."""
     if not key.endswith(ancestor):
         return False
-    k = key
-    while len(k) > len(ancestor):
-        k = parent(k)
-    return k == ancestor
+    # The labels are walked by their lengths, no slice made: once per endpoint name
+    # at a publish. The suffix is the ancestor only where a label begins there.
+    at = len(key) - len(ancestor)
+    pos = 0
+    while pos < at:
+        pos += key[pos] + 1
+    return pos == at
 
 
 WILDCARD = b"\x01*"

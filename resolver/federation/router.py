@@ -49,6 +49,11 @@ def _srv_rrset(owner: str, plan: ServicePlan, port: PlanPort, decision: Decision
     ]
     seen: set[tuple[str, str]] = set()
     prio = 0
+    # Targets are <endpoint>.<cluster>.<base>: the cluster's and the base's labels
+    # encoded once, not the whole name by DNSLabel's IDNA codec per endpoint (a
+    # service's SRV set lists every endpoint: 1,000 of them across 50 clusters).
+    base = DNSLabel(plan.base).label
+    suffixes: dict[str, tuple[bytes, ...]] = {}
     for tier in tiers:
         members = [c for c in tier if (c.cluster, c.name) not in seen]
         if not members:
@@ -62,11 +67,22 @@ def _srv_rrset(owner: str, plan: ServicePlan, port: PlanPort, decision: Decision
         for c in members:
             seen.add((c.cluster, c.name))
             share = max(1, round(c.weight * 100 / total / per_cluster[c.cluster]))
-            target = DNSLabel(f"{c.name}.{c.cluster}.{plan.base}")
+            suffix = suffixes.get(c.cluster)
+            if suffix is None:
+                suffix = suffixes[c.cluster] = DNSLabel(c.cluster).label + base
+            target = srv_target(c.name, c.cluster, plan.base, suffix)
             records.append(SRV(priority=prio * 10, weight=share, port=port.port, target=target))
     if not records:
         return None
     return RRset(DNSLabel(owner), T_SRV, plan.ttl, tuple(records))
+
+
+def srv_target(name: str, cluster: str, base: str, suffix: tuple[bytes, ...]) -> DNSLabel:
+    """``DNSLabel(f"{name}.{cluster}.{base}")``, given ``suffix``, the labels DNSLabel
+    makes of ``cluster`` and ``base``: a plain ASCII label is its own IDNA form."""
+    if name.isascii() and 0 < len(name) < 64 and "." not in name and "\\" not in name:
+        return DNSLabel((name.encode(), *suffix))
+    return DNSLabel(f"{name}.{cluster}.{base}")
 
 
 def srv_owner(plan: ServicePlan, port: PlanPort) -> str:
