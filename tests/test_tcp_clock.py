@@ -88,3 +88,44 @@ async def test_many_connections_one_timer() -> None:
     assert all(len(c.checked) == 1 for c in cs[1::2])
     assert all(c.checked == [] for c in cs[::2])
     assert conns.wheel == {}
+
+
+async def test_a_check_that_raises_does_not_stop_the_clock() -> None:
+    """One connection's failing check must not leave the others unchecked."""
+    conns = _conns()
+    t0 = conns.loop.time()
+
+    class Failing(Conn):
+        def _check(self) -> None:
+            super()._check()
+            raise RuntimeError("boom")
+
+    bad, same_slot, later = Failing(conns), Conn(conns), Conn(conns)
+    conns.arm(bad, t0 + 0.1)  # type: ignore[arg-type]
+    conns.arm(same_slot, t0 + 0.1)  # type: ignore[arg-type]
+    conns.arm(later, t0 + 0.3)  # type: ignore[arg-type]
+    await asyncio.sleep(0.5)
+    assert len(bad.checked) == 1  # it raised (logged as tcp_check_failed)
+    assert len(same_slot.checked) == 1 and len(later.checked) == 1
+    conns.arm(bad, conns.loop.time() + 0.05)  # type: ignore[arg-type]  # and can be armed again
+    await asyncio.sleep(0.2)
+    assert len(bad.checked) == 2
+    assert conns.wheel == {}
+
+
+async def test_long_timeouts_keep_a_tick_cheap() -> None:
+    """An hour's worth of slots: a tick looks at the due slots only."""
+    conns = _conns()
+    t0 = conns.loop.time()
+    far = [Conn(conns) for _ in range(2000)]
+    for i, c in enumerate(far):
+        conns.arm(c, t0 + 60 + i * 1.7)  # type: ignore[arg-type]  # ~2,000 slots up to an hour
+    soon = Conn(conns)
+    conns.arm(soon, t0 + 0.05)  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)
+    assert len(soon.checked) == 1
+    assert all(not c.checked for c in far)
+    assert conns._tick_slot == min(conns.wheel)  # the timer waits for the next slot
+    for c in far:
+        conns.disarm(c)  # type: ignore[arg-type]
+    assert conns.wheel == {}

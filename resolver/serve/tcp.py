@@ -34,6 +34,7 @@ Queries held for the first sync complete out of order, behind later ones
 from __future__ import annotations
 
 import asyncio
+import heapq
 import ipaddress
 import struct
 import time
@@ -105,6 +106,9 @@ class Connections:
         # The clock: slot -> connections to check then (``TcpProtocol.slot``), and
         # the one loop timer, armed for the earliest slot.
         self.wheel: dict[int, dict[TcpProtocol, None]] = {}
+        # The slots in order (a heap; a slot emptied before its time stays in it
+        # until it comes up): a tick looks at the due ones, not at every slot.
+        self._slots: list[int] = []
         self._tick_slot = 0
         self._tick: asyncio.TimerHandle | None = None
 
@@ -207,6 +211,7 @@ class Connections:
             w[c] = None
             return
         self.wheel[slot] = {c: None}
+        heapq.heappush(self._slots, slot)
         if not self._tick_slot or slot < self._tick_slot:
             self._arm_tick(slot)
 
@@ -232,18 +237,27 @@ class Connections:
         # While the due slots are checked, re-arming arms no timer (-1 is below
         # every slot): the timer is armed once, after, for the earliest left.
         self._tick, self._tick_slot = None, -1
-        # A hair of slack: the timer fires at slot * TICK, and the division back
-        # must not round that slot away.
-        now = int(self.loop.time() / TICK + 1e-6)
-        wheel = self.wheel
-        for slot in sorted(k for k in wheel if k <= now):
-            for c in wheel.pop(slot):
-                if c.slot == slot:
-                    c.slot = 0
-                    c._check()  # re-arms it, for a later slot
-        self._tick_slot = 0
-        if wheel:
-            self._arm_tick(min(wheel))
+        wheel, slots = self.wheel, self._slots
+        try:
+            # A hair of slack: the timer fires at slot * TICK, and the division
+            # back must not round that slot away.
+            now = int(self.loop.time() / TICK + 1e-6)
+            while slots and slots[0] <= now:
+                slot = heapq.heappop(slots)
+                for c in wheel.pop(slot, ()):
+                    if c.slot == slot:  # not shut by a check before it meanwhile
+                        c.slot = 0
+                        try:
+                            c._check()  # re-arms it, for a later slot
+                        except Exception:  # one connection's failure is not the others'
+                            log.exception("tcp_check_failed")
+        finally:
+            # Even if a check raised: the clock keeps going for the others.
+            self._tick_slot = 0
+            while slots and slots[0] not in wheel:
+                heapq.heappop(slots)
+            if slots:
+                self._arm_tick(slots[0])
 
     def drop(self, c: TcpProtocol) -> None:
         if c in self.lru:
