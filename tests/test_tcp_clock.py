@@ -55,6 +55,7 @@ async def test_deadlines_are_checked_in_time_and_never_early() -> None:
         assert due <= c.checked[0] - t0 < due + TICK + 0.1
     assert gone.checked == [] and gone.slot == 0
     assert conns.wheel == {} and conns._tick is None  # nothing left: no timer armed
+    assert conns._slots == []
 
 
 async def test_a_check_that_re_arms_is_checked_again() -> None:
@@ -128,4 +129,17 @@ async def test_long_timeouts_keep_a_tick_cheap() -> None:
     assert conns._tick_slot == min(conns.wheel)  # the timer waits for the next slot
     for c in far:
         conns.disarm(c)  # type: ignore[arg-type]
-    assert conns.wheel == {}
+    assert not any(conns.wheel.values())  # emptied slots wait to come up, holding no one
+    assert len(conns._slots) == len(conns.wheel)  # each slot in the heap once
+
+
+async def test_connections_coming_and_going_push_a_slot_once() -> None:
+    """Short connections arm and leave the same slot in turn: it enters the heap once."""
+    conns = _conns()
+    t0 = conns.loop.time()
+    for _ in range(1000):
+        c = Conn(conns)
+        conns.arm(c, t0 + 5.0)  # type: ignore[arg-type]
+        conns.disarm(c)  # type: ignore[arg-type]
+    assert len(conns._slots) == 1
+    assert not any(conns.wheel.values())

@@ -104,7 +104,7 @@ class Connections:
         self.budget = _BUDGET  # frames this iteration of the loop may still answer
         self._scheduled = False
         # The clock: slot -> connections to check then (``TcpProtocol.slot``), and
-        # the one loop timer, armed for the earliest slot.
+        # the one loop timer, armed for the earliest slot with any.
         self.wheel: dict[int, dict[TcpProtocol, None]] = {}
         # The slots in order (a heap; a slot emptied before its time stays in it
         # until it comes up): a tick looks at the due ones, not at every slot.
@@ -221,11 +221,11 @@ class Connections:
             c.slot = 0
 
     def _unslot(self, c: TcpProtocol, slot: int) -> None:
+        # An emptied slot stays until it comes up (or is the earliest): deleted and
+        # made again by the next connection, it would go into the heap once for each.
         w = self.wheel.get(slot)
         if w is not None:
             w.pop(c, None)
-            if not w:
-                del self.wheel[slot]
 
     def _arm_tick(self, slot: int) -> None:
         if self._tick is not None:
@@ -254,8 +254,8 @@ class Connections:
         finally:
             # Even if a check raised: the clock keeps going for the others.
             self._tick_slot = 0
-            while slots and slots[0] not in wheel:
-                heapq.heappop(slots)
+            while slots and not wheel.get(slots[0]):  # gone, or emptied: no tick for it
+                wheel.pop(heapq.heappop(slots), None)
             if slots:
                 self._arm_tick(slots[0])
 
