@@ -378,11 +378,8 @@ class TcpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
-        conns = self.conns
-        if self in conns.lru:
-            conns.drop(self)
-        if self.slot:
-            conns.disarm(self)
+        self.conns.drop(self)
+        self.conns.disarm(self)
 
     # -- reading -------------------------------------------------------------------
 
