@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 
 try:
@@ -126,8 +127,9 @@ async def run_transports(
         udp_transport, _ = await loop.create_datagram_endpoint(
             lambda: UdpProtocol(rt), sock=udp_sock
         )
+    # A partial, not a lambda: no Python frame per accepted connection.
     tcp_server = await loop.create_server(
-        lambda: TcpProtocol(rt, conns), sock=tcp_sock, backlog=LISTEN_BACKLOG
+        functools.partial(TcpProtocol, rt, conns), sock=tcp_sock, backlog=LISTEN_BACKLOG
     )
     return Transports(rt, udp_sock, mmsg, udp_transport, tcp_server, conns)
 
