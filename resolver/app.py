@@ -11,6 +11,7 @@ every serving table through ``Instance.apply``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import os
 import signal
@@ -530,6 +531,23 @@ def _install_signals(sup: Supervisor) -> asyncio.Event:
     return stop
 
 
+def freeze_heap() -> None:
+    """Move every object there is now out of the collector's sight (``gc.freeze``).
+
+    A full sync makes the registry and the table, tens of millions of objects at
+    2,000,000 endpoints, with the collector off (``Control.on_change``, the list
+    parse). Left in the youngest generation, the first collection after it
+    would walk them all: a pause of a second on the loop that serves, at some
+    moment soon after (found as one endpoint change answered 1 s late in
+    ``benchmarks/scale.py``), and again as they age into the older generations.
+    Frozen, they are still freed when their last reference goes; only a cycle
+    among them is never collected, and the last milliseconds before a sync leave
+    few (no ``gc.collect()`` first: that is the very pause). The workers' parent
+    does the same before it forks them (``WorkerPool.renew``)."""
+    gc.freeze()
+    log.info("heap_frozen", objects=gc.get_freeze_count())
+
+
 async def _serve_single(
     inst: Instance, udp_sock: Any, tcp_sock: Any, admin: tuple[str, int] | None,
     version: versions.Fingerprint,
@@ -543,8 +561,19 @@ async def _serve_single(
     def on_reload(new: Instance) -> None:
         rt.set_table(new.table, new.cfg, hold=new.waiting())  # released by rt.mark_synced
 
+    frozen = False
+
+    def on_synced() -> None:
+        nonlocal frozen
+        rt.mark_synced()
+        if not frozen and sup.inst.fed is not None:
+            # The first full sync only: a reload's old watches, stopped after this,
+            # hold cycles (tasks, sessions) that frozen would never be collected.
+            frozen = True
+            freeze_heap()
+
     sup = Supervisor(
-        inst, publish, on_reload, lambda: rt.stats.as_dict() | {"workers": 1}, rt.mark_synced,
+        inst, publish, on_reload, lambda: rt.stats.as_dict() | {"workers": 1}, on_synced,
         version=version,
     )
     stop = _install_signals(sup)

@@ -12,6 +12,7 @@ all answer is ready as soon as they have synced, long before the bound.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 import urllib.error
@@ -208,3 +209,33 @@ def test_a_reload_that_changes_the_federation_never_answers_nxdomain(
                 assert a_records(sp.port, name) <= set(ADDRESS.values())
         assert set(rcodes) == {"NOERROR"}, rcodes
         assert a_records(sp.port, name) == {ADDRESS["east"]}
+
+
+def test_the_first_sync_freezes_the_heap_once_and_changes_still_apply(tmp_path: Path) -> None:
+    # One process serves and watches: what the first sync made is moved out of the
+    # collector's sight (app.freeze_heap), so no collection walks it on the loop later.
+    with federation(tmp_path, 60.0, 1, west_down=False) as (fakes, sp, admin, _cfg):
+        until(lambda: get(admin, "/readyz") == (200, "ok\n"), 15, lambda: sp.output()[-3000:])
+
+        def frozen() -> list[int]:
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", sp.output())  # the console renderer's colours
+            return [int(n) for n in re.findall(r"heap_frozen\s.*?objects=(\d+)", plain)]
+
+        until(lambda: bool(frozen()), 5, lambda: sp.output()[-3000:])
+        (objects,) = frozen()
+        assert objects > 10_000, objects  # the interpreter's, the libraries' and the table's
+
+        # The frozen table still changes: a new endpoint is answered.
+        fakes.call(fakes["east"].put_slice, "shop", "cart-a", "cart",
+                   [endpoint(ADDRESS["east"], pod="cart-0"), endpoint("127.1.0.2", pod="cart-1")])
+        until(
+            lambda: a_records(sp.port, f"east.cart.shop.{ORIGIN}") == {ADDRESS["east"], "127.1.0.2"},
+            10,
+            lambda: str(a_records(sp.port, f"east.cart.shop.{ORIGIN}")),
+        )
+        # A reload keeps the watches and republishes; it does not freeze again.
+        sp.signal(signal.SIGHUP)
+        until(lambda: "reloaded" in sp.output(), 10, lambda: sp.output()[-3000:])
+        assert len(frozen()) == 1
+        assert a_records(sp.port, f"east.cart.shop.{ORIGIN}") == {ADDRESS["east"], "127.1.0.2"}
+        assert sp.alive()
