@@ -304,7 +304,10 @@ def test_http_targets_leave_after_fall_and_return_after_rise(tmp_path: Path) -> 
             cand = f.candidates(name("hang"))[hang]
             assert not cand["healthy"] and "http timeout after 0.3 s" in cand["health"], cand
             held = list(plain.hung)
-            assert len(held) >= 2 and all(0.29 <= h < 2.0 for h in held), held
+            # Held from the handler's start, which lags the prober's send (and so the
+            # start of its 0.3 s timeout) by however long this process took to read
+            # the request: 0.289 s in one CI run. Giving up at once would be ~0.
+            assert len(held) >= 2 and all(0.2 <= h < 2.0 for h in held), held
             plain.replies[hang] = Reply(body="status: healthy")
             f.wait(name("hang"), want("hang"))
 
