@@ -438,21 +438,22 @@ class Table:
             affected.update(zone.cnames)
             nodes = self.nodes
             nx, nodata = self._templates(zone)
-            lazy = zone.lazy
+            lazy, data = zone.lazy, zone.data
             for k in affected:
                 router = routers.get(k)
                 prev = nodes.get(k)
-                if prev is not None and prev.router is not None and prev.router is not router:
-                    replaced.add(id(prev.router))
-                if router is None and k not in changes and k in nodes:
-                    router = nodes[k].router  # rebuilt as an ancestor: same service
-                    replaced.discard(id(router))
-                if k in lazy and router is None and WILDCARD + k not in zone.data:
+                if prev is not None:
+                    if prev.router is not None and prev.router is not router:
+                        replaced.add(id(prev.router))
+                    if router is None and k not in changes:
+                        router = prev.router  # rebuilt as an ancestor: same service
+                        replaced.discard(id(router))
+                if router is None and k in lazy and WILDCARD + k not in data:
                     # Built when asked for (``_lazy_node``). With a wildcard child it
                     # is built now: the fast path's walk up from a name below it
                     # must find it, as it skips the compact names it passes.
-                    nodes.pop(k, None)
-                    self._lazy_built.discard(k)
+                    nodes.pop(k, None)  # a serving thread may have built it meanwhile
+                    self._lazy_built.discard(k)  # re-read: a serving thread swaps it
                 elif k in zone.names:
                     node = build_node(zone, k, nx, nodata, router is not None)
                     node.router = router

@@ -88,13 +88,22 @@ def key_of(name: DNSLabel | str) -> bytes:
         # without DNSLabel's IDNA codec and escape handling; anything else, and any
         # name the codec would refuse, through DNSLabel as before.
         if name.isascii() and "\\" not in name:
-            labels = name.encode().split(b".")
-            if labels[-1] == b"":
-                labels.pop()  # the root's empty label
-            if not labels:  # "" (a lone "." leaves one empty label: DNSLabel's root below)
-                return b"\0"
-            if labels and min(map(len, labels)) > 0 and max(map(len, labels)) < 64:
-                return (b"".join([_LENGTH[len(x)] + x for x in labels]) + b"\0").lower()
+            if "." not in name:  # one label: every endpoint's own at publish
+                if 0 < len(name) < 64:
+                    return _LENGTH[len(name)] + name.encode().lower() + b"\0"
+                if not name:
+                    return b"\0"
+            else:
+                labels = name.encode().lower().split(b".")
+                if labels[-1] == b"":
+                    labels.pop()  # the root's empty label (a lone "." leaves one: below)
+                key = b""
+                for x in labels:
+                    if not 0 < len(x) < 64:
+                        break
+                    key += _LENGTH[len(x)] + x
+                else:
+                    return key + b"\0"
         name = DNSLabel(name)
     out = bytearray()
     for label in name.label:
@@ -223,56 +232,60 @@ class Zone:
         name whose node may need rebuilding: the changed names and ancestors that
         became or stopped being empty non-terminals. Cost is per changed name."""
         affected: set[bytes] = set()
+        # Read once: a first publish passes every endpoint's name through here.
+        okey, data, lazy, names, children = self.okey, self.data, self.lazy, self.names, self.children
+        cnames, cuts = self.cnames, self.cuts
         for k, types in changes.items():
-            if not is_below_or_at(k, self.okey) or k == self.okey:
+            if k == okey or not is_below_or_at(k, okey):
                 continue  # the apex (SOA/NS) only changes with the zone file
             affected.add(k)
             if isinstance(types, Lazy):
-                self.data.pop(k, None)
-                self.cnames.discard(k)
-                self.cuts.discard(k)
+                if k in data:
+                    del data[k]
+                    cnames.discard(k)
+                    cuts.discard(k)
                 if types.exists():
-                    self.lazy[k] = types
+                    lazy[k] = types
                 else:
-                    self.lazy.pop(k, None)
+                    lazy.pop(k, None)
                     types = None
             elif types:
-                self.lazy.pop(k, None)
-                self.data[k] = types
+                lazy.pop(k, None)
+                data[k] = types
                 if T_CNAME in types:
-                    self.cnames.add(k)
+                    cnames.add(k)
                 else:
-                    self.cnames.discard(k)
+                    cnames.discard(k)
                 if T_NS in types:
-                    self.cuts.add(k)
+                    cuts.add(k)
                 else:
-                    self.cuts.discard(k)
+                    cuts.discard(k)
             if types:
                 a = k
-                while a not in self.names:  # the apex is always there: this ends
-                    self.names.add(a)
+                while a not in names:  # the apex is always there: this ends
+                    names.add(a)
                     affected.add(a)
-                    p = parent(a)
-                    self.children[p] = self.children.get(p, 0) + 1
+                    p = a[a[0] + 1 :]  # parent(a)
+                    children[p] = children.get(p, 0) + 1
                     a = p
             else:
-                self.data.pop(k, None)
-                self.lazy.pop(k, None)
-                self.cnames.discard(k)
-                self.cuts.discard(k)
+                data.pop(k, None)
+                lazy.pop(k, None)
+                cnames.discard(k)
+                cuts.discard(k)
                 a = k
                 while (
-                    a != self.okey
-                    and a in self.names
-                    and a not in self.data
-                    and a not in self.lazy
-                    and not self.children.get(a)
+                    a != okey
+                    and a in names
+                    and a not in data
+                    and a not in lazy
+                    and not children.get(a)
                 ):
-                    self.names.discard(a)
-                    self.children.pop(a, None)
+                    names.discard(a)
+                    children.pop(a, None)
                     affected.add(a)
                     p = parent(a)
-                    self.children[p] -= 1
+                    children[p] -= 1
                     a = p
                     affected.add(a)
         return affected

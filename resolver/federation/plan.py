@@ -113,6 +113,10 @@ def split_families(addresses: Sequence[str]) -> tuple[tuple[str, ...], tuple[str
     When that is ``addresses`` itself (a tuple of canonical addresses of one family:
     nearly every endpoint), that very tuple is returned, so an endpoint's addresses
     are one tuple and one string each however many plans and names hold them."""
+    if len(addresses) == 1 and isinstance(addresses, tuple):  # nearly every endpoint
+        t = ip_text(addresses[0])
+        if t is not None and t[0] is addresses[0]:
+            return (addresses, ()) if t[1] == 4 else ((), addresses)
     v4: list[str] = []
     v6: list[str] = []
     same = True  # every address kept as the same object, in order

@@ -139,8 +139,8 @@ def static_records(plan: ServicePlan) -> dict[bytes, Lazy]:
         ckey = key_of(cluster)[:-1] + suffix
         ok = [c for c in members if c.healthy] or (members if plan.policy.fail_open else [])
         out[ckey] = _addresses(ok, ttl)
-        for c in members:
-            out[key_of(c.name)[:-1] + ckey] = _addresses([c], ttl) if c.healthy else _NONE
+        for c in members:  # one per endpoint: two million at a first publish
+            out[key_of(c.name)[:-1] + ckey] = Addresses(ttl, c.v4, c.v6) if c.healthy else _NONE
     for p in plan.ports:
         out[key_of(srv_owner(plan, p))] = _Srv(plan, p)
     return out
