@@ -240,7 +240,7 @@ class Zone:
                 continue  # the apex (SOA/NS) only changes with the zone file
             affected.add(k)
             if isinstance(types, Lazy):
-                if k in data:
+                if k in data:  # cnames and cuts only ever hold owners in data
                     del data[k]
                     cnames.discard(k)
                     cuts.discard(k)
@@ -265,7 +265,7 @@ class Zone:
                 while a not in names:  # the apex is always there: this ends
                     names.add(a)
                     affected.add(a)
-                    p = a[a[0] + 1 :]  # parent(a)
+                    p = parent(a)
                     children[p] = children.get(p, 0) + 1
                     a = p
             else:
