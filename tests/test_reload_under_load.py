@@ -90,7 +90,9 @@ class Load:
         }
         self.sent: dict[tuple[int, int], Sent] = {}
         self.bad: list[str] = []
-        self.stop = threading.Event()
+        self.unsent = 0
+        self.stop = threading.Event()  # the sender stops
+        self.sent_all = threading.Event()  # ... and has: the receiver drains, then stops
         self.lock = threading.Lock()
 
     def run_sender(self) -> None:
@@ -104,9 +106,10 @@ class Load:
                 what = "www" if n % 2 else "id"
                 with self.lock:
                     self.sent[(i, qid)] = Sent(time.monotonic(), what)
-                # A full send buffer: counted as lost, as it never gets an answer.
-                with contextlib.suppress(BlockingIOError):
+                try:
                     self.socks[i].send(qid.to_bytes(2, "big") + self.base[what][2:])
+                except BlockingIOError:  # a full send buffer: lost, as it never gets an answer
+                    self.unsent += 1
                 n += 1
             time.sleep(0.0005)
 
@@ -116,7 +119,10 @@ class Load:
         sel = selectors.DefaultSelector()
         for i, s in enumerate(self.socks):
             sel.register(s, selectors.EVENT_READ, i)
-        while not self.stop.is_set() or self.outstanding():
+        # Only once the sender is done: till then a burst it is still sending (its
+        # loop sends what is due before it looks at ``stop``) may follow a moment
+        # when every query so far was answered.
+        while not self.sent_all.is_set() or self.outstanding():
             for key, _ in sel.select(0.2):
                 s, i = key.fileobj, key.data
                 while True:
@@ -125,7 +131,7 @@ class Load:
                     except BlockingIOError:
                         break
                     self.record(i, wire)
-            if self.stop.is_set() and time.monotonic() > self.drain_until:
+            if self.sent_all.is_set() and time.monotonic() > self.drain_until:
                 break
 
     drain_until = float("inf")
@@ -147,6 +153,19 @@ class Load:
     def outstanding(self) -> int:
         with self.lock:
             return sum(1 for q in self.sent.values() if q.answer is None)
+
+
+def udp_drops(ports: set[int]) -> dict[int, int]:
+    """The kernel's count of datagrams dropped at each loopback UDP socket bound to
+    one of ``ports`` (receive queue full), from /proc/net/udp; {} where there is none."""
+    out: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            f = line.split()
+            port = int(f[1].split(":")[1], 16)
+            if port in ports:
+                out[port] = out.get(port, 0) + int(f[-1])
+    return out
 
 
 def scrape(admin: tuple[str, int]) -> dict[str, float]:
@@ -202,17 +221,21 @@ def test_ten_changes_under_load(tmp_path: Path, workers: int) -> None:
     # holds a large heap, and one pass of the collector over it (the sender makes a
     # Sent per query) held the GIL long enough for replies to overflow the
     # receiver's socket buffer. Nothing the load makes is cyclic.
+    client_ports = {s.getsockname()[1] for s in load.socks}
+    drops_before = udp_drops(client_ports | {sp.addr[1]})
     collecting = gc.isenabled()
     gc.disable()
     for t in threads:
         t.start()
     # (time of the change, the values before it, the values after it)
     timeline: list[tuple[float, tuple[str, str], tuple[str, str]]] = []
+    changed: list[float] = []  # when each step was made
     current = ("192.0.2.1", '"v1"')
     try:
         time.sleep(1.0)
         for _what, do, after in steps:
             at = time.monotonic()
+            changed.append(at)
             do()
             if after is not None:
                 timeline.append((at, current, after))
@@ -220,9 +243,10 @@ def test_ten_changes_under_load(tmp_path: Path, workers: int) -> None:
             time.sleep(SPACING)
     finally:
         load.stop.set()
+        threads[0].join(30)
         load.drain_until = time.monotonic() + 2.0
-        for t in threads:
-            t.join(30)
+        load.sent_all.set()
+        threads[1].join(30)
         if collecting:
             gc.enable()
         for s in load.socks:
@@ -233,7 +257,29 @@ def test_ten_changes_under_load(tmp_path: Path, workers: int) -> None:
         assert len(sent) / duration >= 5000, f"only {len(sent) / duration:.0f} queries/s sent"
         assert not load.bad, load.bad[:5]
         lost = [q for q in sent if q.answer is None]
-        assert not lost, f"{len(lost)} of {len(sent)} queries got no answer"
+        if lost:
+            # Where they fell (after which change, how long after) and whose kernel
+            # queue overflowed: the server's sockets or this client's.
+            drops = udp_drops(client_ports | {sp.addr[1]})
+            gained = {p: n - drops_before.get(p, 0) for p, n in drops.items()}
+            server = gained.pop(sp.addr[1], 0)
+            starts = [(at, what) for (what, _, _), at in zip(steps, changed, strict=False)]
+            where: dict[str, int] = {}
+            for q in lost:
+                before = [(at, what) for at, what in starts if at <= q.at]
+                at, what = before[-1] if before else (q.at, "before the first change")
+                key = f"{what} +{int((q.at - at) * 10) / 10:.1f}s"
+                where[key] = where.get(key, 0) + 1
+            time.sleep(1.2)  # the workers' counters reach the control process once a second
+            m = scrape(admin)
+            queries = sum(v for k, v in m.items() if k.startswith("fedns_queries_total"))
+            answered = sum(v for k, v in m.items() if k.startswith("fedns_responses_total"))
+            raise AssertionError(
+                f"{len(lost)} of {len(sent)} queries got no answer; lost {where}; "
+                f"{load.unsent} not sent (send buffer full); kernel drops at the server's "
+                f"sockets {server}, at the client's {sum(gained.values())}; the server counted "
+                f"{queries:.0f} queries and {answered:.0f} responses in all"
+            )
         assert all(q.rcode == 0 for q in sent), "every reply is NOERROR"
 
         def allowed(q: Sent) -> set[str]:
