@@ -22,10 +22,19 @@ from fakekube import (
     running_registry,
     until,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resolver.config import ConfigError, load_config
 from resolver.federation.config import federation_from_dict, parse_federation, parse_selector
-from resolver.federation.model import Cluster, Endpoint, Port, ServiceKey, ServiceObject
+from resolver.federation.model import (
+    Cluster,
+    Endpoint,
+    Port,
+    ServiceKey,
+    ServiceObject,
+    SliceObject,
+)
 from resolver.federation.registry import Registry
 from resolver.federation.sources import build_sources
 
@@ -497,3 +506,44 @@ async def test_the_fake_forbids_what_namespaced_rbac_forbids(fake_kube, tmp_path
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+_SLICE_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("upsert"), st.sampled_from("ab"), st.integers(0, 3), st.integers(0, 4)),
+        st.tuples(st.just("delete"), st.sampled_from("ab"), st.integers(0, 3), st.just(0)),
+        st.tuples(st.just("replace"), st.sampled_from(["a", "b", None]), st.integers(0, 3),
+                  st.integers(0, 4)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_SLICE_OPS)
+def test_endpoint_count_follows_every_write(ops: list[tuple[str, str | None, int, int]]) -> None:
+    """The status's endpoint count, kept as slices come and go, is the sum over the
+    slices stored, whatever the order of upserts, deletes and (per-namespace) lists."""
+    reg = Registry([Cluster("east")])
+    sink = reg.sink("east")
+    model: dict[tuple[str, str], int] = {}  # (namespace, slice) -> endpoints
+
+    def sl(ns: str, i: int, n: int) -> SliceObject:
+        eps = tuple(Endpoint("east", (f"127.1.{i}.{j + 1}",)) for j in range(n))
+        return SliceObject(ns, f"s{i}", f"svc{i % 2}", (), eps)
+
+    for op, ns, i, n in ops:
+        if op == "upsert" and ns is not None:
+            sink.upsert(sl(ns, i, n))
+            model[(ns, f"s{i}")] = n
+        elif op == "delete" and ns is not None:
+            sink.delete(ENDPOINTSLICES, ns, f"s{i}")
+            model.pop((ns, f"s{i}"), None)
+        else:  # a list: slices 0..i with n endpoints each, of one namespace or all ("a")
+            fresh = [sl(ns or "a", k, n) for k in range(i + 1)]
+            sink.replace(ENDPOINTSLICES, fresh, namespace=ns)
+            for key in [k for k in model if ns is None or k[0] == ns]:
+                del model[key]
+            model.update({(s.namespace, s.name): n for s in fresh})
+        assert reg.cluster_status()["east"].endpoints == sum(model.values())
+    reg.close()

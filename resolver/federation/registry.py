@@ -119,6 +119,7 @@ class _State:
         "built",
         "by_service",
         "cluster",
+        "endpoints",
         "errors",
         "last_contact",
         "last_contact_wall",
@@ -139,6 +140,9 @@ class _State:
             SERVICEEXPORTS: {},
         }
         self.by_service: dict[ServiceKey, dict[str, SliceObject]] = {}
+        # Endpoints in the cluster's slices, kept as they change: /readyz asks for the
+        # status, and a sum over every slice was 40 ms of the loop at 2,000,000.
+        self.endpoints = 0
         self.built: dict[ServiceKey, ClusterService | None] = {}
         self.required = required
         # (kind, namespace) lists done; namespace None: all namespaces at once.
@@ -304,7 +308,7 @@ class Registry:
                 last_contact=st.last_contact_wall,
                 contact_age=None if st.last_contact is None else round(now - st.last_contact, 3),
                 services=len(st.objects[SERVICES]),
-                endpoints=sum(len(s.endpoints) for s in st.objects[ENDPOINTSLICES].values()),
+                endpoints=st.endpoints,
                 last_error=st.last_error,
                 errors=st.errors,
                 waiting_for=tuple(
@@ -398,7 +402,9 @@ class Registry:
             return
         store[ident] = obj
         if isinstance(obj, SliceObject):
+            st.endpoints += len(obj.endpoints)
             if old is not None:
+                st.endpoints -= len(old.endpoints)
                 self._unindex(st, old)
             st.by_service.setdefault(obj.key, {})[obj.name] = obj
         self._changed(st, _key_of(obj))
@@ -410,6 +416,7 @@ class Registry:
         if old is None:
             return
         if isinstance(old, SliceObject):
+            st.endpoints -= len(old.endpoints)
             self._unindex(st, old)
         self._changed(st, _key_of(old))
 
