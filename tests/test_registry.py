@@ -35,7 +35,7 @@ from resolver.federation.model import (
     ServiceObject,
     SliceObject,
 )
-from resolver.federation.registry import Registry
+from resolver.federation.registry import Registry, merge_endpoints
 from resolver.federation.sources import build_sources
 
 fake_kube = fakekube.fake_kube  # the fake API server factory fixture
@@ -547,3 +547,39 @@ def test_endpoint_count_follows_every_write(ops: list[tuple[str, str | None, int
             model.update({(s.namespace, s.name): n for s in fresh})
         assert reg.cluster_status()["east"].endpoints == sum(model.values())
     reg.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(["127.1.0.1", "127.1.0.2", "127.1.0.3", "::1"]), max_size=2),
+            st.one_of(st.none(), st.sampled_from(["pod-a", "pod-b", "pod-c", "pod-d"])),
+            st.booleans(),  # ready
+            st.booleans(),  # the previous endpoint object again
+        ),
+        max_size=6,
+    ),
+    st.booleans(),  # refs given at all
+    st.booleans(),  # sorted as a source sorts them
+)
+def test_a_lone_slice_merges_as_the_general_path_does(
+    rows: list[tuple[list[str], str | None, bool, bool]], with_refs: bool, in_order: bool
+) -> None:
+    """``merge_endpoints`` hands back a lone slice's own tuple only when joining by
+    targetRef and sorting would give exactly that."""
+    eps: list[Endpoint] = []
+    refs: list[str | None] = []
+    for addrs, ref, ready, again in rows:
+        eps.append(eps[-1] if again and eps else Endpoint("east", tuple(addrs), ready))
+        refs.append(ref)
+    if in_order:
+        pairs = sorted(zip(eps, refs, strict=True), key=lambda p: p[0].addresses)
+        eps, refs = [p[0] for p in pairs], [p[1] for p in pairs]
+    sl = SliceObject("ns", "s", "svc", (), tuple(eps), tuple(refs) if with_refs else ())
+    fast = merge_endpoints([sl])
+    general = SliceObject("ns", "s", "svc", (), tuple(eps), tuple(refs) if with_refs else ())
+    object.__setattr__(general, "alone", False)  # the path every other shape takes
+    assert fast == merge_endpoints([general])
+    if sl.alone:
+        assert fast is sl.endpoints

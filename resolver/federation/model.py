@@ -17,6 +17,7 @@ hold the same objects), and a slice's pod references packed into one string.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -342,7 +343,9 @@ class SliceObject:
     name), which is what joins a dual-stack pod's IPv4 and IPv6 slices into one
     endpoint. ``service`` is the ``kubernetes.io/service-name`` label. Built as
     ``SliceObject(namespace, name, service, ports, endpoints, refs)``; the refs are
-    kept packed (``_pack_refs``) and unpacked when read.
+    kept packed (``_pack_refs``) and unpacked when read. ``alone`` says that the
+    slice, as the only one of its service, is its service's endpoints as they are:
+    in address order, no two joined by a shared targetRef (``merge_endpoints``).
     """
 
     namespace: str
@@ -351,6 +354,7 @@ class SliceObject:
     ports: tuple[Port, ...]
     endpoints: tuple[Endpoint, ...]
     _refs: str | tuple[str | None, ...]
+    alone: bool
 
     def __init__(
         self,
@@ -367,7 +371,18 @@ class SliceObject:
         put(self, "service", service)
         put(self, "ports", ports)
         put(self, "endpoints", endpoints)
-        put(self, "_refs", _pack_refs(tuple(refs)))
+        refs = tuple(refs)
+        put(self, "_refs", _pack_refs(refs))
+        # The keys merge_endpoints groups by: the targetRef, else the endpoint itself.
+        keys: list[object] = [id(e) if r is None else r for e, r in zip(endpoints, refs, strict=False)]
+        keys = keys if refs else list(map(id, endpoints))
+        put(
+            self,
+            "alone",
+            len(refs) in (0, len(endpoints))
+            and len(set(keys)) == len(endpoints)
+            and all(a.addresses <= b.addresses for a, b in itertools.pairwise(endpoints)),
+        )
 
     @property
     def refs(self) -> tuple[str | None, ...]:

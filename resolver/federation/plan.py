@@ -104,7 +104,10 @@ def endpoint_label(hostname: str | None, addresses: Sequence[str]) -> str:
             return hostname if low == hostname else low  # the registry's string, not a copy
     if not addresses:
         return "endpoint"
-    return addresses[0].replace(".", "-").replace(":", "-").lower()
+    a = addresses[0]
+    if ":" not in a:  # IPv4: digits and dots, nothing to lower-case
+        return a.replace(".", "-")
+    return a.replace(".", "-").replace(":", "-").lower()
 
 
 def split_families(addresses: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -596,8 +596,10 @@ def merge_endpoints(slices: Iterable[SliceObject]) -> tuple[Endpoint, ...]:
     conservative: ready/serving only if every half says so. The order is by
     address, so a reshuffle of endpoints between slices changes nothing.
     """
-    groups: dict[Any, list[Endpoint]] = {}
     ordered = sorted(slices, key=lambda s: s.name)
+    if len(ordered) == 1 and ordered[0].alone:  # nearly every service, at every plan
+        return ordered[0].endpoints
+    groups: dict[Any, list[Endpoint]] = {}
     for sl in ordered:
         for ep, ref in zip(sl.endpoints, sl.refs or (None,) * len(sl.endpoints), strict=False):
             groups.setdefault(ref if ref is not None else id(ep), []).append(ep)
