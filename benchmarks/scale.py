@@ -778,6 +778,13 @@ def main() -> int:
     args.sizes = _ints(args.sizes)
     if args.in_process and not args.trace:
         args.trace = 25
+    # fedns runs in a work directory of its own: a relative tree must not be read from there.
+    for opt in ("baseline", "fedns_src"):
+        tree = getattr(args, opt)
+        if tree is not None:
+            setattr(args, opt, tree.resolve())
+            if not (tree / "resolver" / "cli.py").exists():
+                ap.error(f"--{opt.replace('_', '-')} {tree}: no resolver/cli.py there (a source tree of fedns?)")
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     say(f"load average now: {load}")
     started = time.monotonic()
